@@ -1,0 +1,264 @@
+"""Speed benchmark: charlm against a plain PyTorch implementation of the same model, in one run.
+
+    python scripts/benchmark.py --data-dir data/ptb [--configs ptb-char-small ptb-char-large]
+
+For each config it builds the model on the corpus's real vocabulary and spellings and times, on
+the same batches (batch 20 x 35 steps, Zipf-like word ids drawn from the training split):
+
+* a training step (forward, backward, gradient clipping, SGD update) of
+  - ``plain``: the reference written below (a Conv1d per width over every token's spelling,
+    tanh, max, highway, ``nn.LSTM``, ``nn.Linear`` + ``F.cross_entropy``, fp32, no caching);
+  - ``charlm fp32`` and ``charlm bf16``: :class:`charlm.model.CharLM` as ``charlm train`` runs
+    it (char-CNN once per distinct word, fused softmax layer), in fp32 and under bf16 autocast;
+* exact full-stream evaluation of the test split (state carried from the first token to the
+  last) by the plain reference (35-step chunks, encoder run per token) and by
+  :func:`charlm.scoring.score_stream`; both numbers are printed, they must agree;
+* generation (ms per word) with :func:`charlm.generate.generate`.
+
+It prints tokens/s, the speed-up ratios, the achieved fraction of this machine's matrix-multiply
+rate (measured in the same run), the peak resident memory, and the implied time per PTB epoch.
+Timings are medians over repeats, interleaved between implementations so that noise from other
+processes on the machine hits them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from charlm.config import ModelConfig, load_config
+from charlm.corpus import load_corpus
+from charlm.model import CharLM
+from charlm.scoring import score_stream
+from charlm.vocab import PAD_CHAR
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class PlainCharLM(nn.Module):
+    """The straightforward implementation: what most public ports write."""
+
+    def __init__(self, c: ModelConfig, spellings: torch.Tensor):
+        super().__init__()
+        self.spellings = spellings
+        self.embedding = nn.Embedding(c.char_vocab_size, c.char_embed_dim, padding_idx=PAD_CHAR)
+        self.convs = nn.ModuleList(nn.Conv1d(c.char_embed_dim, n, w) for w, n in zip(c.kernel_widths, c.num_filters))
+        d = sum(c.num_filters)
+        self.transforms = nn.ModuleList(nn.Linear(d, d) for _ in range(c.highway_layers))
+        self.gates = nn.ModuleList(nn.Linear(d, d) for _ in range(c.highway_layers))
+        self.lstm = nn.LSTM(d, c.hidden_size, c.lstm_layers, dropout=c.dropout, batch_first=True)
+        self.dropout = nn.Dropout(c.dropout)
+        self.decoder = nn.Linear(c.hidden_size, c.vocab_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -c.init_range, c.init_range)
+        with torch.no_grad():
+            self.embedding.weight[PAD_CHAR].zero_()
+            for gate in self.gates:
+                gate.bias.add_(c.highway_gate_bias)
+
+    def encode(self, words: torch.Tensor) -> torch.Tensor:
+        b, t = words.shape
+        x = self.embedding(self.spellings[words.flatten()]).transpose(1, 2)  # [B*T, E, L]
+        y = torch.cat([torch.tanh(conv(x)).max(dim=2).values for conv in self.convs], dim=1)
+        for transform, gate in zip(self.transforms, self.gates):
+            g = torch.sigmoid(gate(y))
+            y = g * F.relu(transform(y)) + (1 - g) * y
+        return y.view(b, t, -1)
+
+    def forward(self, words, hidden):
+        out, hidden = self.lstm(self.encode(words), hidden)
+        return self.decoder(self.dropout(out)), hidden
+
+
+def flops_per_token(c: ModelConfig) -> float:
+    """Forward multiply-adds x 2 per token (char-CNN counted once per token, as the plain path)."""
+    L = c.max_word_length
+    cnn = sum(2 * c.char_embed_dim * w * n * (L - w + 1) for w, n in zip(c.kernel_widths, c.num_filters))
+    d = c.input_size
+    highway = c.highway_layers * 2 * d * 2 * d
+    lstm = sum(2 * 4 * c.hidden_size * ((d if i == 0 else c.hidden_size) + c.hidden_size) for i in range(c.lstm_layers))
+    return cnn + highway + lstm + 2 * c.hidden_size * c.vocab_size
+
+
+def matmul_rate(dtype: torch.dtype, m=700, k=300, n=10000, repeats=10) -> float:
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * m * k * n * repeats / (time.perf_counter() - start)
+
+
+def make_batches(train_ids: np.ndarray, n: int, batch: int, steps: int, seed: int = 0) -> list[torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(train_ids) - steps - 2, size=(n, batch))
+    return [torch.from_numpy(np.stack([np.asarray(train_ids[s : s + steps + 1], dtype=np.int64) for s in row])) for row in starts]
+
+
+def train_stepper(model: nn.Module, batches: list[torch.Tensor], fused: bool, bf16: bool):
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    hidden = [None]
+    model.train()
+
+    def step(i: int) -> None:
+        data = batches[i % len(batches)]
+        x, y = data[:, :-1], data[:, 1:]
+        h = hidden[0] or tuple(t.new_zeros(t.shape) for t in _zeros(model, x.size(0)))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if fused:
+                nll, h = model(x, h, y)
+                loss = nll.sum(1).mean()
+            else:
+                logits, h = model(x, h)
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view_as(y).sum(1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        hidden[0] = (h[0].detach().float(), h[1].detach().float())
+
+    return step
+
+
+def _zeros(model, batch):
+    lstm = model.lstm
+    shape = (lstm.num_layers, batch, lstm.hidden_size)
+    return torch.zeros(shape), torch.zeros(shape)
+
+
+@torch.inference_mode()
+def plain_stream_score(model: PlainCharLM, ids: np.ndarray, start_id: int, seq_len: int = 35) -> tuple[float, int]:
+    """The reference evaluation: one stream, 35-step chunks, the encoder run for every token."""
+    model.eval()
+    targets = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+    inputs = torch.cat([targets.new_tensor([start_id]), targets[:-1]])
+    hidden, total = _zeros(model, 1), 0.0
+    for start in range(0, len(targets), seq_len):
+        logits, hidden = model(inputs[None, start : start + seq_len], hidden)
+        total += F.cross_entropy(logits[0], targets[start : start + seq_len], reduction="sum").item()
+    return total, len(targets)
+
+
+def timed(fn, repeats: int) -> list[float]:
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def benchmark_config(name: str, vocab, splits, args) -> dict:
+    config = load_config(CONFIG_DIR / f"{name}.yaml").model
+    config = dataclasses.replace(config, vocab_size=len(vocab), char_vocab_size=len(vocab.chars), max_word_length=vocab.max_word_length)
+    spellings = vocab.spellings()
+    torch.manual_seed(0)
+    charlm_model = CharLM(config, spellings)
+    plain_model = PlainCharLM(config, spellings)
+    batches = make_batches(splits["train"], 8, args.batch_size, args.seq_len)
+    steppers = {
+        "plain fp32": train_stepper(plain_model, batches, fused=False, bf16=False),
+        "charlm fp32": train_stepper(charlm_model, batches, fused=True, bf16=False),
+        "charlm bf16": train_stepper(CharLM(config, spellings), batches, fused=True, bf16=True),
+    }
+    for step in steppers.values():  # warm-up
+        for i in range(args.warmup):
+            step(i)
+    samples = {k: [] for k in steppers}
+    for r in range(args.repeats):  # interleaved rounds
+        for k, step in steppers.items():
+            samples[k] += timed(lambda i, s=step: s(i + r), args.steps)
+    tokens = args.batch_size * args.seq_len
+    result = {"config": name, "parameters": charlm_model.num_parameters(), "flops_per_token_fwd": flops_per_token(config)}
+    train_tok_s = {k: tokens / statistics.median(v) for k, v in samples.items()}
+    result["train_tokens_per_sec"] = {k: round(v) for k, v in train_tok_s.items()}
+
+    # Exact full-stream evaluation, both ways, on the test split.
+    test = splits["test"][: args.eval_tokens] if args.eval_tokens else splits["test"]
+    start = time.perf_counter()
+    plain_nll, n = plain_stream_score(plain_model_copy(plain_model, charlm_model), test, vocab.eos_id)
+    plain_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    score = score_stream(charlm_model, test, vocab.eos_id)
+    charlm_seconds = time.perf_counter() - start
+    result["eval"] = {
+        "tokens": n,
+        "plain_seconds": round(plain_seconds, 2),
+        "charlm_seconds": round(charlm_seconds, 2),
+        "plain_ppl": round(math.exp(plain_nll / n), 4),
+        "charlm_ppl": round(score.perplexity, 4),
+    }
+    return result
+
+
+def plain_model_copy(plain: PlainCharLM, model: CharLM) -> PlainCharLM:
+    """Give the plain model charlm's weights, so the two evaluations must agree."""
+    with torch.no_grad():
+        plain.embedding.weight.copy_(model.char_cnn.embedding.weight)
+        for a, b in zip(plain.convs, model.char_cnn.convs):
+            a.load_state_dict(b.state_dict())
+        d = model.config.input_size
+        for t, g, layer in zip(plain.transforms, plain.gates, model.highway.layers):
+            t.weight.copy_(layer.weight[:d]); t.bias.copy_(layer.bias[:d])  # noqa: E702
+            g.weight.copy_(layer.weight[d:]); g.bias.copy_(layer.bias[d:])  # noqa: E702
+        plain.lstm.load_state_dict(model.lstm.state_dict())
+        plain.decoder.load_state_dict(model.decoder.state_dict())
+    return plain
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data-dir", required=True, help="a prepared corpus (PTB for the README's table)")
+    parser.add_argument("--configs", nargs="+", default=["ptb-char-small", "ptb-char-large"], help="configs/ names")
+    parser.add_argument("--batch-size", type=int, default=20, help="rows per training step")
+    parser.add_argument("--seq-len", type=int, default=35, help="time steps per training step")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per implementation")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation per round")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--eval-tokens", type=int, default=0, help="score only the first N test tokens (0: all)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    vocab, splits, _ = load_corpus(args.data_dir)
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "matmul_gflops_fp32": round(matmul_rate(torch.float32) / 1e9, 1),
+        "matmul_gflops_bf16": round(matmul_rate(torch.bfloat16) / 1e9, 1),
+    }
+    print(f"machine: {machine}")
+    results = {"machine": machine, "configs": []}
+    for name in args.configs:
+        r = benchmark_config(name, vocab, splits, args)
+        results["configs"].append(r)
+        tps = r["train_tokens_per_sec"]
+        base = tps["plain fp32"]
+        train_flops = 3 * r["flops_per_token_fwd"]
+        print(f"\n{name} ({r['parameters']:,} parameters, {r['flops_per_token_fwd'] / 1e6:.1f} MFLOP/token forward)")
+        print(f"  {'training step':<14} {'tokens/s':>9} {'vs plain':>9} {'% of matmul peak':>17} {'PTB epoch':>10}")
+        for k, v in tps.items():
+            peak = machine["matmul_gflops_bf16" if "bf16" in k else "matmul_gflops_fp32"] * 1e9
+            epoch_min = len(splits["train"]) / v / 60
+            print(f"  {k:<14} {v:>9,} {v / base:>8.2f}x {100 * v * train_flops / peak:>16.0f}% {epoch_min:>8.1f} min")
+        e = r["eval"]
+        print(f"  exact test perplexity ({e['tokens']:,} tokens): plain {e['plain_seconds']:.2f} s (ppl {e['plain_ppl']}), "
+              f"charlm {e['charlm_seconds']:.2f} s (ppl {e['charlm_ppl']}): {e['plain_seconds'] / e['charlm_seconds']:.1f}x")
+    results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(f"\npeak resident memory: {results['peak_rss_mb']} MB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0

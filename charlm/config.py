@@ -1,0 +1,383 @@
+"""Configuration: the one source of every default.
+
+A run is described by :class:`RunConfig`, made of a :class:`ModelConfig` (the network) and a
+:class:`TrainConfig` (the recipe). The dataclass defaults below are the only defaults; a YAML file
+overrides them, and ``key=value`` arguments on the command line override the YAML::
+
+    charlm train --config configs/ptb-char-small.yaml ... train.max_epochs=2 model.dropout=0.3
+
+Unknown keys and values of the wrong type are errors (:class:`~charlm.errors.CharlmError`), never
+silently ignored. Every field has a docstring (the string literal under it); ``describe_fields``
+turns those into the help text of ``charlm train --help``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import json
+import textwrap
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from charlm.errors import CharlmError
+
+INPUT_KINDS = ("char", "word", "both")
+HIGHWAY_KINDS = ("highway", "none", "mlp", "residual")
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+DECAY_COMPARE = ("previous", "best")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+@dataclass
+class ModelConfig:
+    """The network of Kim et al. (2016). Defaults are the paper's Char-Small."""
+
+    input: str = "char"
+    """What the LSTM reads per word: 'char' (the char-CNN, the paper's model), 'word' (a word
+    embedding, the word-level baselines) or 'both' (the two concatenated)."""
+
+    char_embed_dim: int = 15
+    """Size of each character embedding."""
+
+    kernel_widths: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6])
+    """Widths (in characters) of the convolution filters, one convolution per width."""
+
+    num_filters: list[int] = field(default_factory=lambda: [25, 50, 75, 100, 125, 150])
+    """Number of feature maps for each kernel width (same length as kernel_widths)."""
+
+    highway: str = "highway"
+    """What follows the char-CNN: 'highway' (Srivastava et al. 2015), 'none', 'mlp' (plain
+    layers, the paper's ablation) or 'residual' (both gates fixed open: z = g(Wy + b) + y)."""
+
+    highway_layers: int = 1
+    """Number of layers of that kind (ignored when highway is 'none')."""
+
+    highway_gate_bias: float = -2.0
+    """Added to the transform-gate bias at initialisation, so the layers start out carrying
+    their input (t = sigmoid(-2) ~ 0.12)."""
+
+    highway_activation: str = "relu"
+    """Nonlinearity g of the highway / MLP / residual transform."""
+
+    word_embed_dim: int = 650
+    """Size of the word embedding (input 'word' or 'both' only)."""
+
+    lstm_layers: int = 2
+    """Number of stacked LSTM layers."""
+
+    hidden_size: int = 300
+    """LSTM hidden (and cell) size."""
+
+    dropout: float = 0.5
+    """Dropout probability between LSTM layers and before the softmax (none on the LSTM input)."""
+
+    init_range: float = 0.05
+    """Every parameter starts uniform in [-init_range, init_range] (then the character padding
+    row is zeroed and highway_gate_bias is added to the gate biases)."""
+
+    vocab_size: int = 0
+    """Number of words (output classes). Set from the prepared corpus; leave 0 in configs."""
+
+    char_vocab_size: int = 0
+    """Number of characters, reserved ids included. Set from the prepared corpus."""
+
+    max_word_length: int = 0
+    """Characters per spelling, begin/end-of-word markers included. Set from the corpus."""
+
+    def __post_init__(self) -> None:
+        _check_choice("model.input", self.input, INPUT_KINDS)
+        _check_choice("model.highway", self.highway, HIGHWAY_KINDS)
+        _check_choice("model.highway_activation", self.highway_activation, ACTIVATIONS)
+        if self.input != "word":
+            if len(self.kernel_widths) != len(self.num_filters) or not self.kernel_widths:
+                raise CharlmError(
+                    f"model.kernel_widths ({len(self.kernel_widths)} entries) and model.num_filters "
+                    f"({len(self.num_filters)} entries) must be non-empty and of the same length"
+                )
+            if min(self.kernel_widths) < 1 or min(self.num_filters) < 1:
+                raise CharlmError("model.kernel_widths and model.num_filters must be positive")
+        for name in ("char_embed_dim", "word_embed_dim", "lstm_layers", "hidden_size"):
+            if getattr(self, name) < 1:
+                raise CharlmError(f"model.{name} must be at least 1, got {getattr(self, name)}")
+        if self.highway_layers < 0:
+            raise CharlmError(f"model.highway_layers must be >= 0, got {self.highway_layers}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise CharlmError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def cnn_output_size(self) -> int:
+        return sum(self.num_filters) if self.input != "word" else 0
+
+    @property
+    def input_size(self) -> int:
+        """Size of the per-word vector fed to the (highway layers and the) LSTM."""
+        size = self.cnn_output_size
+        if self.input in ("word", "both"):
+            size += self.word_embed_dim
+        return size
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe. Defaults are the paper's (reference code main.lua) for PTB."""
+
+    batch_size: int = 20
+    """Rows of the text stream per process; N processes train on N * batch_size rows."""
+
+    seq_len: int = 35
+    """Steps of truncated backpropagation through time."""
+
+    max_epochs: int = 25
+    """Number of passes over the training split."""
+
+    max_steps: int = 0
+    """Stop after this many optimizer updates in total (0: no limit). A run cut short still
+    evaluates on validation, exports best/ and writes its metrics record."""
+
+    optimizer: str = "sgd"
+    """'sgd' (the paper), 'adam' or 'adamw'."""
+
+    lr: float = 1.0
+    """Initial learning rate."""
+
+    momentum: float = 0.0
+    """SGD momentum (the paper: none)."""
+
+    weight_decay: float = 0.0
+    """Weight decay (L2 for sgd/adam, decoupled for adamw)."""
+
+    grad_clip: float = 5.0
+    """Clip the global gradient norm at this value (0: no clipping). The gradient is that of the
+    loss summed over the seq_len time steps and averaged over the batch rows, as in the paper."""
+
+    lr_decay: float = 0.5
+    """Multiply the learning rate by this when validation perplexity fails to improve."""
+
+    decay_threshold: float = 1.0
+    """'Fails to improve' means: improves by no more than this many perplexity points."""
+
+    decay_compare: str = "previous"
+    """Compare validation perplexity with the 'previous' epoch (reference code) or the 'best'."""
+
+    decay_start_epoch: int = 3
+    """First epoch after which the learning rate may decay (the reference code: 3)."""
+
+    min_lr: float = 0.0
+    """Stop training once the learning rate falls below this (0: never)."""
+
+    seed: int = 3435
+    """Random seed (the reference code's)."""
+
+    mixed_precision: str = ""
+    """'no', 'bf16' or 'fp16'; empty: use accelerate's own setting (accelerate launch
+    --mixed_precision, or `accelerate config`)."""
+
+    gradient_accumulation_steps: int = 1
+    """Consecutive chunks whose gradients are summed before one update."""
+
+    eval_chunk_len: int = 2048
+    """Tokens per LSTM call when scoring the full validation stream (speed only; exact)."""
+
+    checkpoint_every_steps: int = 0
+    """Also save a resumable state every N updates (0: only at the end of each epoch)."""
+
+    keep_checkpoints: int = 2
+    """How many of the newest resumable states to keep."""
+
+    log_every: int = 50
+    """Update the progress bar's loss and speed every N steps."""
+
+    def __post_init__(self) -> None:
+        _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("train.decay_compare", self.decay_compare, DECAY_COMPARE)
+        if self.mixed_precision:
+            _check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        for name in ("batch_size", "seq_len", "gradient_accumulation_steps", "eval_chunk_len",
+                     "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise CharlmError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_epochs", "max_steps", "checkpoint_every_steps", "decay_start_epoch"):
+            if getattr(self, name) < 0:
+                raise CharlmError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise CharlmError(f"train.lr must be positive, got {self.lr}")
+        if not 0 < self.lr_decay <= 1:
+            raise CharlmError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs besides the data: the model and the recipe."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Building configs from dicts, YAML files and key=value overrides
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise CharlmError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field's type annotation (int, float, bool, str, list[int])."""
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise CharlmError(f"{name} must be a list, e.g. [1, 2, 3]; got {value!r}")
+        return [_coerce(f"{name}[{i}]", v, item_type) for i, v in enumerate(value)]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if value is None:
+            return ""
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a field type this function was not taught
+        raise TypeError(f"unsupported config field type {annotation} for {name}")
+    raise CharlmError(f"{name} must be of type {annotation.__name__}; got {value!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``values``, rejecting unknown keys by name."""
+    if not isinstance(values, dict):
+        raise CharlmError(f"{prefix or 'the config'} must be a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise CharlmError(
+                f"unknown config key {dotted!r}{hint}; valid keys: {', '.join(prefix + k for k in known)}"
+            )
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value, f"{dotted}.")
+        else:
+            kwargs[key] = _coerce(dotted, value, hints[key])
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    return _build(RunConfig, values or {}, "")
+
+
+def _parse_value(text: str) -> Any:
+    """A command-line value: YAML scalars and lists ('2', '0.5', 'true', '[1, 2]'), else a string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a nested dict (in place) and return it."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise CharlmError(f"override {item!r} is not of the form section.key=value (e.g. train.lr=0.5)")
+        parts = key.strip().split(".")
+        if len(parts) == 1:  # a bare key such as max_epochs=2: find its section
+            sections = [s for s, cls in (("model", ModelConfig), ("train", TrainConfig))
+                        if parts[0] in {f.name for f in fields(cls)}]
+            parts = [sections[0] if len(sections) == 1 else "?", parts[0]]
+        if len(parts) != 2:
+            raise CharlmError(f"override key {key!r} must be section.key, e.g. model.dropout or train.lr")
+        section, name = parts
+        if section not in ("model", "train"):
+            raise CharlmError(f"unknown config key {key!r} in {item!r}; use model.KEY or train.KEY (see --help)")
+        values.setdefault(section, {})[name] = _parse_value(raw)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Dataclass defaults, then the YAML file at ``path`` (if any), then ``overrides``."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise CharlmError(f"config file {path} not found; see configs/ for the shipped ones")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CharlmError(f"config file {path} is not valid YAML: {first}") from None
+        if not isinstance(values, dict):
+            raise CharlmError(f"config file {path} must be a mapping with 'model' and/or 'train' sections")
+    apply_overrides(values, overrides or [])
+    return config_from_dict(values)
+
+
+def save_json(obj: dict[str, Any], path: str | Path) -> None:
+    """Write JSON to a temporary name, then rename: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def model_config_from_json(path: str | Path) -> ModelConfig:
+    """Read the ``config.json`` of an exported model (the ``model`` section is used)."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CharlmError(f"{path} is missing: is {path.parent} an exported model directory (best/ of a run)?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CharlmError(f"{path} is not valid JSON ({err}); re-export the model") from None
+    return _build(ModelConfig, values.get("model", values), "model.")
+
+
+# --------------------------------------------------------------------------------------------
+# Help text from the field docstrings
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of dataclass ``cls`` (read from its source)."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    body = ast.parse(source).body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def describe_fields() -> str:
+    """All config keys with their defaults and docstrings, for ``--help``."""
+    lines = []
+    for section, cls in (("model", ModelConfig), ("train", TrainConfig)):
+        defaults = asdict(cls())
+        for name, doc in field_docs(cls).items():
+            lines.append(f"  {section}.{name} (default {defaults[name]!r}): {doc}")
+    return "\n".join(lines)

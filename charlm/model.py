@@ -1,0 +1,213 @@
+"""The character-aware language model of Kim, Jernite, Sontag & Rush (2016).
+
+Every word is read through its characters::
+
+    spelling [L chars] -> char embedding [L, E] -> one Conv1d per width w -> tanh -> max over
+    positions -> concat [sum of filters] -> highway layers -> LSTM layers -> dropout -> softmax
+
+Predictions are words. The model holds the spelling of every vocabulary word (``spellings``, one
+row of character ids per word), so the text itself is only ever word ids: a batch of ids is turned
+into characters by indexing that table, and the character encoder runs once per *distinct* word in
+the batch, its output gathered back to the tokens (the same numbers as running it per token).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from charlm.config import ModelConfig
+from charlm.ops import linear_cross_entropy
+from charlm.vocab import PAD_CHAR
+
+ACTIVATION_FUNCTIONS = {
+    "relu": F.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "identity": lambda x: x,
+}
+
+Hidden = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [layers, batch, hidden]
+
+
+class CharCNN(nn.Module):
+    """Character embedding, one convolution per kernel width, tanh, max over positions.
+
+    As in the reference code the convolutions run over the whole padded spelling (begin-of-word,
+    characters, end-of-word, padding); the padding embedding is kept at zero.
+    """
+
+    def __init__(self, char_vocab_size: int, embed_dim: int, widths: list[int], filters: list[int]):
+        super().__init__()
+        self.embedding = nn.Embedding(char_vocab_size, embed_dim, padding_idx=PAD_CHAR)
+        self.convs = nn.ModuleList(nn.Conv1d(embed_dim, n, w) for w, n in zip(widths, filters))
+        self.max_width = max(widths)
+        self.output_size = sum(filters)
+
+    def forward(self, chars: torch.Tensor) -> torch.Tensor:
+        # chars: [N, L] character ids -> [N, sum(filters)]
+        if chars.size(1) < self.max_width:  # a spelling shorter than the widest filter
+            chars = F.pad(chars, (0, self.max_width - chars.size(1)), value=PAD_CHAR)
+        x = self.embedding(chars).transpose(1, 2)  # [N, E, L]
+        # max over positions, then tanh: the same as tanh then max (tanh is increasing), but the
+        # tanh runs on [N, filters] instead of [N, filters, positions].
+        features = [conv(x).max(dim=2).values for conv in self.convs]  # each [N, filters_w]
+        return torch.tanh(torch.cat(features, dim=1))
+
+
+class Highway(nn.Module):
+    """A stack of highway layers (Srivastava, Greff & Schmidhuber 2015), or their ablations.
+
+    ``kind='highway'``:   z = t * g(W_H y + b_H) + (1 - t) * y,   t = sigmoid(W_T y + b_T)
+    ``kind='mlp'``:       z = g(W_H y + b_H)
+    ``kind='residual'``:  z = g(W_H y + b_H) + y                  (both gates fixed open)
+
+    One ``Linear(d, 2d)`` per highway layer computes the transform and the gate together; its
+    second half is the gate. The gate bias convention (a negative value added at initialisation,
+    so the layer starts out carrying its input) is applied in :meth:`CharLM.reset_parameters`.
+    """
+
+    def __init__(self, size: int, num_layers: int, kind: str = "highway", activation: str = "relu"):
+        super().__init__()
+        self.kind = kind
+        self.size = size
+        out = 2 * size if kind == "highway" else size
+        self.layers = nn.ModuleList(nn.Linear(size, out) for _ in range(num_layers))
+        self.activation = ACTIVATION_FUNCTIONS[activation]
+
+    def forward(self, y: torch.Tensor, gates: list[torch.Tensor] | None = None) -> torch.Tensor:
+        # y: [..., size]. If ``gates`` is a list, each layer's transform gate t is appended to it.
+        for layer in self.layers:
+            projected = layer(y)
+            if self.kind == "highway":
+                transform, gate = projected.split(self.size, dim=-1)
+                t = torch.sigmoid(gate)
+                if gates is not None:
+                    gates.append(t)
+                y = t * self.activation(transform) + (1.0 - t) * y
+            elif self.kind == "mlp":
+                y = self.activation(projected)
+            else:  # residual
+                y = self.activation(projected) + y
+        return y
+
+    def gate_biases(self) -> list[torch.Tensor]:
+        """The transform-gate half of each layer's bias (empty unless kind is 'highway')."""
+        if self.kind != "highway":
+            return []
+        return [layer.bias[self.size:] for layer in self.layers]
+
+
+class CharLM(nn.Module):
+    """Word-level LSTM language model whose inputs are read from characters.
+
+    Args:
+        config: the architecture; ``vocab_size``, ``char_vocab_size`` and ``max_word_length``
+            must be filled from the corpus.
+        spellings: ``[vocab_size, max_word_length]`` character ids of every word (from
+            :meth:`charlm.vocab.Vocabulary.spellings`). Kept as a buffer, not a parameter.
+    """
+
+    def __init__(self, config: ModelConfig, spellings: torch.Tensor | None = None):
+        super().__init__()
+        if config.vocab_size < 1:
+            raise ValueError("config.vocab_size must be set from the corpus")
+        self.config = config
+        uses_chars = config.input in ("char", "both")
+        uses_words = config.input in ("word", "both")
+        if uses_chars:
+            if spellings is None:
+                raise ValueError("a character-input model needs the vocabulary's spellings")
+            if spellings.shape != (config.vocab_size, config.max_word_length):
+                raise ValueError(
+                    f"spellings have shape {tuple(spellings.shape)}, config expects "
+                    f"({config.vocab_size}, {config.max_word_length})"
+                )
+            self.char_cnn = CharCNN(
+                config.char_vocab_size, config.char_embed_dim, config.kernel_widths, config.num_filters
+            )
+            self.register_buffer("spellings", spellings.long().clone(), persistent=False)
+        else:
+            self.char_cnn = None
+        self.word_embedding = nn.Embedding(config.vocab_size, config.word_embed_dim) if uses_words else None
+        num_highway = 0 if config.highway == "none" else config.highway_layers
+        self.highway = Highway(config.input_size, num_highway, config.highway, config.highway_activation)
+        self.lstm = nn.LSTM(
+            config.input_size,
+            config.hidden_size,
+            num_layers=config.lstm_layers,
+            dropout=config.dropout if config.lstm_layers > 1 else 0.0,  # between LSTM layers
+            batch_first=True,
+        )
+        self.output_dropout = nn.Dropout(config.dropout)  # before the softmax
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The reference initialisation: everything U(-r, r), padding row 0, gate bias shifted."""
+        r = self.config.init_range
+        with torch.no_grad():
+            for p in self.parameters():
+                p.uniform_(-r, r)
+            if self.char_cnn is not None:
+                self.char_cnn.embedding.weight[PAD_CHAR].zero_()
+            for bias in self.highway.gate_biases():
+                bias.add_(self.config.highway_gate_bias)
+
+    # ---------------------------------------------------------------- word representations
+
+    def encode_spellings(self, chars: torch.Tensor, gates: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Character ids ``[N, L]`` of any words (in the vocabulary or not) -> ``[N, input_size]``.
+
+        For ``input='both'`` use :meth:`embed` instead (it needs the word ids too).
+        """
+        return self.highway(self.char_cnn(chars), gates)
+
+    def embed(self, words: torch.Tensor, gates: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Word ids ``[...]`` -> per-token input vectors ``[..., input_size]`` (after highway)."""
+        parts = []
+        if self.char_cnn is not None:
+            # Run the char-CNN once per distinct word, then gather back to the tokens.
+            unique, inverse = torch.unique(words, return_inverse=True)  # [U], [...]
+            parts.append(self.char_cnn(self.spellings[unique])[inverse])  # [..., filters]
+        if self.word_embedding is not None:
+            parts.append(self.word_embedding(words))
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return self.highway(x, gates)
+
+    # ---------------------------------------------------------------- language model
+
+    def init_hidden(self, batch_size: int) -> Hidden:
+        weight = self.decoder.weight
+        shape = (self.config.lstm_layers, batch_size, self.config.hidden_size)
+        return weight.new_zeros(shape), weight.new_zeros(shape)
+
+    def forward_embedded(self, x: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
+        """Input vectors ``[B, T, input_size]`` -> logits ``[B, T, V]`` and the next hidden state."""
+        output, hidden = self.lstm(x, hidden)  # [B, T, H]
+        return self.decoder(self.output_dropout(output)), hidden
+
+    def forward(
+        self, words: torch.Tensor, hidden: Hidden, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Hidden]:
+        """Word ids ``[B, T]`` -> next-word logits ``[B, T, V]`` and the next hidden state.
+
+        With ``targets`` ``[B, T]`` it returns the per-token loss ``[B, T]`` (negative
+        log-likelihood, float32) instead of the logits, through the fused softmax layer of
+        :mod:`charlm.ops`, which never keeps the logits around (same numbers, less time).
+        """
+        if targets is None:
+            return self.forward_embedded(self.embed(words), hidden)
+        output, hidden = self.lstm(self.embed(words), hidden)  # [B, T, H]
+        output = self.output_dropout(output).flatten(0, 1)  # [B*T, H]
+        nll = linear_cross_entropy(output, self.decoder.weight, self.decoder.bias, targets.flatten())
+        return nll.view_as(targets), hidden
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def detach_hidden(hidden: Hidden) -> Hidden:
+    """Cut the graph between chunks of truncated BPTT: the values carry over, gradients do not."""
+    return hidden[0].detach(), hidden[1].detach()

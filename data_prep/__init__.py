@@ -1,0 +1,1 @@
+"""Corpus preparation for charlm: text in, vocabulary + word-id arrays out."""

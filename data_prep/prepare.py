@@ -1,0 +1,379 @@
+"""``charlm prepare``: text in; vocabulary, spellings and word-id arrays out.
+
+Usage (exactly one source)::
+
+    charlm prepare --train-file ptb/train.txt --valid-file ptb/valid.txt --test-file ptb/test.txt \\
+        --output-dir data/ptb
+    charlm prepare --dataset my_dataset_dir --text-column text --output-dir data/mine
+    charlm prepare --demo --output-dir demo/corpus          # offline: Python's own docs
+
+Steps: read the splits (carving missing valid/test splits out of train), build the
+:class:`~charlm.vocab.Vocabulary` from the training split only, encode every split to int32
+word ids (``<eos>`` after each line), and write the directory described in
+:mod:`charlm.corpus`. Everything is written into a temporary sibling directory that is renamed
+into place at the end, so an interrupted or failed run never leaves a half-written corpus.
+
+An existing, non-empty ``--output-dir`` is replaced only if it holds a corpus prepared from the
+same source with the same options; anything else is an error (choose another directory, or
+delete it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+import charlm
+from charlm.corpus import (
+    CORPUS_FORMAT,
+    CORPUS_FORMAT_VERSION,
+    META_FILE,
+    SPLITS,
+    read_meta,
+    split_file,
+)
+from charlm.errors import CharlmError
+from charlm.vocab import PRE_TOKENIZERS, SP_MODEL_TYPES, TOKENIZERS, VocabOptions, Vocabulary
+from data_prep.demo import demo_source, demo_splits
+from data_prep.sources import (
+    PROGRESS_DELAY_S,
+    carve_missing_splits,
+    dataset_source,
+    load_dataset_splits,
+    read_text_file,
+)
+
+ENCODE_CHUNK_LINES = 20_000  # lines encoded per step (one progress-bar update)
+
+
+@dataclass(kw_only=True)
+class PrepareConfig(VocabOptions):
+    """Options of ``charlm prepare``: the source, the splits, the output (and, inherited from
+    :class:`~charlm.vocab.VocabOptions`, how the vocabulary is built). The defaults here are
+    the only ones: the command line reads them from this class."""
+
+    output_dir: str | None = field(
+        default=None, metadata={"help": "directory to write the prepared corpus to"}
+    )
+    train_file: str | None = field(
+        default=None, metadata={"help": "training text, one sentence or paragraph per line (UTF-8)"}
+    )
+    valid_file: str | None = field(
+        default=None,
+        metadata={"help": "validation text; if not given, carved out of train by --valid-fraction"},
+    )
+    test_file: str | None = field(
+        default=None,
+        metadata={"help": "test text; if not given, carved out of train by --test-fraction"},
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "a Hugging Face `datasets` source: a directory written by save_to_disk, a "
+            "directory of data files, a json/jsonl/csv/parquet/txt file (or glob), or a hub name"
+        },
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "configuration name of a --dataset on the hub"}
+    )
+    text_column: str = field(
+        default="text", metadata={"help": "the --dataset column holding the text"}
+    )
+    demo: bool = field(
+        default=False,
+        metadata={"help": "the built-in offline demo corpus (the help texts of Python's docs)"},
+    )
+    valid_fraction: float = field(
+        default=0.05,
+        metadata={
+            "help": "share of train lines carved out as the validation split when there is none"
+        },
+    )
+    test_fraction: float = field(
+        default=0.05,
+        metadata={"help": "share of train lines carved out as the test split when there is none"},
+    )
+    split_seed: int = field(
+        default=0, metadata={"help": "random seed of the choice of lines carved out of train"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        kinds = [
+            flag
+            for flag, given in (
+                ("--train-file", self.train_file is not None),
+                ("--dataset", self.dataset is not None),
+                ("--demo", self.demo),
+            )
+            if given
+        ]
+        if len(kinds) != 1:
+            problem = f"two sources given ({' and '.join(kinds)})" if kinds else "no source given"
+            raise CharlmError(f"{problem}: give exactly one of --train-file, --dataset or --demo")
+        if self.train_file is None and (self.valid_file or self.test_file):
+            raise CharlmError("--valid-file and --test-file need a --train-file")
+        if not self.output_dir:
+            raise CharlmError("--output-dir is required")
+        fractions = {"--valid-fraction": self.valid_fraction, "--test-fraction": self.test_fraction}
+        for flag, fraction in fractions.items():
+            if not 0 <= fraction < 1:
+                raise CharlmError(f"{flag} must be in [0, 1), not {fraction}")
+
+    def resolved(self) -> PrepareConfig:
+        """A copy with the unset vocabulary options filled in (the demo is raw text)."""
+        return super().resolved(raw_text=self.demo)
+
+    def vocab_options(self) -> VocabOptions:
+        """Just the vocabulary options."""
+        names = [f.name for f in dataclasses.fields(VocabOptions)]
+        return VocabOptions(**{name: getattr(self, name) for name in names})
+
+
+# Fields that say where the text comes from; they are recorded as the "source" in meta.json,
+# and all other fields except output_dir as its "options".
+SOURCE_FIELDS = (
+    "train_file",
+    "valid_file",
+    "test_file",
+    "dataset",
+    "dataset_config",
+    "text_column",
+    "demo",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of ``charlm prepare``; defaults and help come from PrepareConfig."""
+    fields = {f.name: f for f in dataclasses.fields(PrepareConfig)}
+
+    def option(flag: str, name: str, group=parser, **kwargs) -> None:
+        kwargs.setdefault("default", fields[name].default)
+        group.add_argument(flag, dest=name, help=fields[name].metadata["help"], **kwargs)
+
+    source = parser.add_argument_group("source (exactly one of --train-file, --dataset, --demo)")
+    option("--train-file", "train_file", source, metavar="PATH")
+    option("--valid-file", "valid_file", source, metavar="PATH")
+    option("--test-file", "test_file", source, metavar="PATH")
+    option("--dataset", "dataset", source, metavar="SOURCE")
+    option("--dataset-config", "dataset_config", source, metavar="NAME")
+    option("--text-column", "text_column", source, metavar="NAME")
+    option("--demo", "demo", source, action="store_true")
+
+    splits = parser.add_argument_group("splits carved out of train when the source has none")
+    option("--valid-fraction", "valid_fraction", splits, type=float)
+    option("--test-fraction", "test_fraction", splits, type=float)
+    option("--split-seed", "split_seed", splits, type=int)
+
+    vocab = parser.add_argument_group("vocabulary")
+    option("--tokenizer", "tokenizer", vocab, choices=TOKENIZERS)
+    option("--pre-tokenizer", "pre_tokenizer", vocab, choices=PRE_TOKENIZERS)
+    option("--lowercase", "lowercase", vocab, action=argparse.BooleanOptionalAction)
+    option("--vocab-size", "vocab_size", vocab, type=int)
+    option("--min-freq", "min_freq", vocab, type=int)
+    option("--sp-model-type", "sp_model_type", vocab, choices=SP_MODEL_TYPES)
+    option("--max-word-length", "max_word_length", vocab, type=int)
+    option("--no-eos", "add_eos", vocab, action="store_false")
+
+    option("--output-dir", "output_dir", required=True, metavar="DIR")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``charlm prepare`` with parsed arguments; returns the exit status."""
+    names = [f.name for f in dataclasses.fields(PrepareConfig)]
+    config = PrepareConfig(**{name: getattr(args, name) for name in names})
+    prepare_corpus(config)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparation
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare_corpus(config: PrepareConfig, *, verbose: bool = True) -> dict:
+    """Prepare the corpus described by ``config``; returns the ``meta.json`` contents.
+
+    Raises CharlmError for user mistakes (missing or non-UTF-8 file, empty split, bad option,
+    an output directory that holds something else) and leaves no output behind when it fails.
+    """
+    started = time.perf_counter()
+    config = config.resolved()
+    output_dir = Path(config.output_dir).expanduser().absolute()
+    source = describe_source(config)
+    options = {
+        name: value
+        for name, value in dataclasses.asdict(config).items()
+        if name not in SOURCE_FIELDS and name != "output_dir"
+    }
+    check_output_dir(output_dir, source, options)  # before any work: fail fast
+
+    splits, carved = read_splits(config)
+    vocab = Vocabulary.train(splits["train"], config.vocab_options())
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = _sibling_dir(output_dir, "tmp")
+    try:
+        vocab.save(tmp_dir)
+        split_stats = {}
+        for split in SPLITS:
+            ids = encode_split(vocab, splits[split], split)  # [tokens] int32
+            np.save(tmp_dir / split_file(split), ids, allow_pickle=False)
+            split_stats[split] = {
+                "file": split_file(split),
+                "lines": len(splits[split]),
+                "tokens": int(len(ids)),
+                "unk": int(np.count_nonzero(ids == vocab.unk_id)),
+            }
+        meta = {
+            "format": CORPUS_FORMAT,
+            "format_version": CORPUS_FORMAT_VERSION,
+            "vocab_size": len(vocab),
+            "char_vocab_size": len(vocab.chars),
+            "max_word_length": vocab.max_word_length,
+            "tokenizer": vocab.tokenizer,
+            "splits": split_stats,
+            "source": source,
+            "carved_splits": carved,
+            "options": options,
+            "charlm_version": charlm.__version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        text = json.dumps(meta, indent=1, ensure_ascii=False) + "\n"
+        (tmp_dir / META_FILE).write_text(text, encoding="utf-8")  # last: marks the corpus complete
+        check_output_dir(output_dir, source, options)  # again: something may have appeared there
+        move_into_place(tmp_dir, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    if verbose:
+        print_summary(output_dir, meta, time.perf_counter() - started)
+    return meta
+
+
+def describe_source(config: PrepareConfig) -> dict:
+    """Where the text comes from, as recorded in meta.json (paths made absolute)."""
+    if config.demo:
+        return demo_source()
+    if config.dataset is not None:
+        return dataset_source(config.dataset, config.dataset_config, config.text_column)
+    files = {"train": config.train_file, "valid": config.valid_file, "test": config.test_file}
+    absolute = {
+        split: None if path is None else str(Path(path).expanduser().absolute())
+        for split, path in files.items()
+    }
+    return {"kind": "files", **absolute}
+
+
+def read_splits(config: PrepareConfig) -> tuple[dict[str, list[str]], list[str]]:
+    """Lines of every split, and the names of the splits carved out of train."""
+    if config.demo:
+        return demo_splits(), []
+    if config.dataset is not None:
+        splits = load_dataset_splits(config.dataset, config.dataset_config, config.text_column)
+        where = f"dataset {config.dataset}"
+    else:
+        files = {"train": config.train_file, "valid": config.valid_file, "test": config.test_file}
+        splits = {
+            split: read_text_file(path, split) for split, path in files.items() if path is not None
+        }
+        where = config.train_file
+    splits, carved = carve_missing_splits(
+        splits, config.valid_fraction, config.test_fraction, config.split_seed
+    )
+    for split in SPLITS:
+        if not splits[split]:
+            raise CharlmError(f"the {split} split of {where} is empty (no non-blank lines)")
+    return splits, carved
+
+
+def encode_split(vocab: Vocabulary, lines: list[str], split: str) -> np.ndarray:
+    """Word ids of a split, encoded in chunks (with a progress bar if it takes a while)."""
+    chunks = []
+    progress = tqdm(
+        total=len(lines), desc=f"encoding {split}", unit="lines", delay=PROGRESS_DELAY_S, leave=False
+    )
+    with progress:
+        for start in range(0, len(lines), ENCODE_CHUNK_LINES):
+            chunk = lines[start : start + ENCODE_CHUNK_LINES]
+            chunks.append(vocab.encode_lines(chunk))
+            progress.update(len(chunk))
+    return np.concatenate(chunks)
+
+
+def check_output_dir(output_dir: Path, source: dict, options: dict) -> None:
+    """CharlmError unless ``output_dir`` is absent, empty, or the same corpus (to be replaced)."""
+    if not output_dir.exists():
+        return
+    fix = "choose another --output-dir or delete it"
+    if not output_dir.is_dir():
+        raise CharlmError(f"--output-dir {output_dir} is a file, not a directory; {fix}")
+    if not any(output_dir.iterdir()):
+        return
+    try:
+        meta = read_meta(output_dir)
+    except CharlmError:
+        raise CharlmError(
+            f"--output-dir {output_dir} is not empty and holds no prepared corpus; {fix}"
+        ) from None
+    if meta.get("source") != source or meta.get("options") != options:
+        raise CharlmError(
+            f"--output-dir {output_dir} holds a corpus prepared from another source or with "
+            f"other options; {fix}"
+        )
+
+
+def move_into_place(tmp_dir: Path, output_dir: Path) -> None:
+    """Rename the finished ``tmp_dir`` to ``output_dir``, replacing what is there."""
+    if not output_dir.exists():
+        os.replace(tmp_dir, output_dir)
+        return
+    old = _sibling_dir(output_dir, "old.tmp")
+    os.replace(output_dir, old / output_dir.name)  # move the old corpus aside, then swap
+    try:
+        os.replace(tmp_dir, output_dir)
+    except BaseException:
+        os.replace(old / output_dir.name, output_dir)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _sibling_dir(path: Path, suffix: str) -> Path:
+    """A new, empty, hidden directory beside ``path`` (created with the usual permissions)."""
+    while True:
+        candidate = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.{suffix}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+
+
+def print_summary(output_dir: Path, meta: dict, seconds: float) -> None:
+    """A few lines: where, vocabulary sizes, tokens and <unk> rate per split, time."""
+    print(f"prepared {output_dir} in {seconds:.1f} s ({meta['tokenizer']} tokenizer)")
+    print(
+        f"  vocabulary: {meta['vocab_size']:,} words, {meta['char_vocab_size']:,} characters, "
+        f"max word length {meta['max_word_length']}"
+    )
+    for split, stats in meta["splits"].items():
+        rate = stats["unk"] / max(stats["tokens"], 1)
+        print(f"  {split:<5} {stats['tokens']:>12,} tokens {stats['unk']:>10,} <unk> ({rate:.2%})")

@@ -1,0 +1,46 @@
+"""Shared fixtures: the real corpora beside the checkout, and a prepared PTB corpus.
+
+The corpora live in ``../shared/data`` next to the repository (CI has them); they are never
+copied into the repository. Tests that need them are skipped when that folder is absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``: ptb/, datas/{cs,de,es,fr}/, tinyshakespeare/."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared corpora not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ptb_files(shared_data: Path) -> dict[str, Path]:
+    """The Mikolov PTB text files by split name."""
+    return {split: shared_data / "ptb" / f"{split}.txt" for split in ("train", "valid", "test")}
+
+
+@pytest.fixture(scope="session")
+def prepared_ptb(tmp_path_factory: pytest.TempPathFactory, ptb_files: dict[str, Path]) -> Path:
+    """PTB prepared once per test session with the default options (10k words, <eos> per line).
+
+    Open it with ``charlm.corpus.load_corpus``; do not modify it.
+    """
+    from data_prep.prepare import PrepareConfig, prepare_corpus
+
+    output_dir = tmp_path_factory.mktemp("prepared") / "ptb"
+    config = PrepareConfig(
+        train_file=str(ptb_files["train"]),
+        valid_file=str(ptb_files["valid"]),
+        test_file=str(ptb_files["test"]),
+        output_dir=str(output_dir),
+    )
+    prepare_corpus(config, verbose=False)
+    return output_dir

@@ -1,0 +1,85 @@
+"""charlm's fast path computes what the plain implementation computes: same loss, same gradients."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from charlm.benchmark import PlainCharLM, plain_model_copy, plain_stream_score
+from charlm.model import CharLM
+from charlm.scoring import score_stream
+from test_model import random_spellings, tiny_config
+
+
+def twin_models(**changes):
+    torch.manual_seed(0)
+    config = tiny_config(dropout=0.0, **changes)
+    spellings = random_spellings()
+    model = CharLM(config, spellings)
+    plain = plain_model_copy(PlainCharLM(config, spellings), model)
+    return model, plain
+
+
+def plain_gradients(model, words, targets):
+    logits, _ = model(words, tuple(torch.zeros(2, words.size(0), 16) for _ in range(2)))
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets).sum(1).mean()
+    loss.backward()
+    return loss
+
+
+def plain_grad_of(plain, name):
+    """The gradient of the plain model's parameter that corresponds to charlm's ``name``."""
+    d = 12
+    if name.startswith("highway.layers."):
+        i, kind = int(name.split(".")[2]), name.split(".")[-1]
+        t = getattr(plain.transforms[i], kind).grad
+        g = getattr(plain.gates[i], kind).grad
+        return torch.cat([t, g]) if t.dim() == 1 else torch.cat([t, g], dim=0)
+    mapped = name.replace("char_cnn.embedding", "embedding").replace("char_cnn.convs", "convs")
+    del d
+    return dict(plain.named_parameters())[mapped].grad
+
+
+@pytest.mark.parametrize("highway_layers", [1, 2])
+def test_fp32_fast_path_equals_plain_loss_and_gradients(highway_layers):
+    model, plain = twin_models(highway_layers=highway_layers)
+    words, targets = torch.randint(0, 30, (3, 9)), torch.randint(0, 30, (3, 9))
+    nll, _ = model(words, model.init_hidden(3), targets)
+    loss = nll.sum(1).mean()
+    loss.backward()
+    plain_loss = plain_gradients(plain, words, targets)
+    torch.testing.assert_close(loss, plain_loss, rtol=1e-5, atol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, plain_grad_of(plain, name), rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bf16_fast_path_close_to_fp32_plain():
+    model, plain = twin_models()
+    words, targets = torch.randint(0, 30, (3, 9)), torch.randint(0, 30, (3, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        nll, _ = model(words, model.init_hidden(3), targets)
+        loss = nll.sum(1).mean()
+    loss.backward()
+    plain_loss = plain_gradients(plain, words, targets)
+    torch.testing.assert_close(loss, plain_loss, rtol=1e-2, atol=1e-2)
+    grad, plain_grad = model.decoder.weight.grad, plain.decoder.weight.grad
+    cosine = F.cosine_similarity(grad.flatten(), plain_grad.flatten(), dim=0)
+    assert cosine > 0.99
+
+
+def test_exact_stream_score_equals_plain_reference():
+    model, plain = twin_models()
+    ids = np.random.default_rng(0).integers(0, 30, 200)
+    nll, n = plain_stream_score(plain, ids, start_id=1)
+    score = score_stream(model, ids, start_id=1, chunk_len=64)
+    assert score.tokens == n == 200
+    assert abs(score.nll - nll) / nll < 1e-5
+
+
+def test_word_models_have_no_char_path():
+    torch.manual_seed(0)
+    config = dataclasses.replace(tiny_config(), input="word", word_embed_dim=8, highway="none")
+    model = CharLM(config)
+    assert model.char_cnn is None and not hasattr(model, "spellings")

@@ -1,0 +1,160 @@
+"""Training: the text stream, the learning-rate rule, and real runs through the CLI and the launcher."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from charlm.cli import main
+from charlm.config import TrainConfig, load_config
+from charlm.train import TextStream, complete_checkpoints, should_decay
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+# A very small model so that the end-to-end runs take seconds.
+SMALL = ["model.kernel_widths=[1,2,3]", "model.num_filters=[8,8,8]", "model.hidden_size=24",
+         "train.batch_size=4", "train.seq_len=8", "train.log_every=1"]
+
+
+def test_stream_rows_continue_the_text():
+    """Row r of chunk k+1 continues row r of chunk k: concatenating a row's chunks gives a
+    contiguous piece of the stream, and targets are inputs shifted by one. A shuffled or
+    interleaved batching fails this."""
+    ids = np.arange(1000, dtype=np.int32)
+    stream = TextStream(ids, total_rows=6, seq_len=7, first_row=2, num_rows=3)
+    cols = (1000 - 1) // 6
+    for r in range(3):
+        row = torch.cat([stream.chunk(k)[0][r] for k in range(stream.num_chunks)])
+        start = (2 + r) * cols
+        assert row.tolist() == list(range(start, start + 7 * stream.num_chunks))
+        target = torch.cat([stream.chunk(k)[1][r] for k in range(stream.num_chunks)])
+        assert target.tolist() == [t + 1 for t in row.tolist()]
+
+
+def test_process_shares_partition_the_single_process_batch():
+    ids = np.random.default_rng(0).integers(0, 50, 5000).astype(np.int32)
+    whole = TextStream(ids, total_rows=8, seq_len=5, first_row=0, num_rows=8)
+    halves = [TextStream(ids, total_rows=8, seq_len=5, first_row=4 * p, num_rows=4) for p in range(2)]
+    for k in range(whole.num_chunks):
+        assert torch.equal(whole.chunk(k)[0], torch.cat([h.chunk(k)[0] for h in halves]))
+
+
+def test_learning_rate_rule_matches_reference():
+    tc = TrainConfig()  # decay when valid ppl improves by <= 1.0 over the previous epoch, from epoch 3
+    assert not should_decay([300.0], tc)
+    assert not should_decay([300.0, 299.9], tc)  # epoch 2: too early
+    assert should_decay([300.0, 250.0, 249.5], tc)
+    assert not should_decay([300.0, 250.0, 240.0], tc)
+    best = TrainConfig(decay_compare="best")
+    assert should_decay([300.0, 200.0, 260.0, 230.0], best)  # better than previous, not than best
+    assert not should_decay([300.0, 200.0, 260.0, 230.0], tc)
+
+
+def test_config_overrides_and_unknown_keys(tmp_path):
+    config = load_config(TINY, ["train.max_epochs=7", "dropout=0.1", "model.kernel_widths=[1, 2]",
+                                "model.num_filters=[3, 4]"])
+    assert config.train.max_epochs == 7 and config.model.dropout == 0.1 and config.model.kernel_widths == [1, 2]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  hiden_size: 3\n")
+    with pytest.raises(Exception, match="did you mean model.hidden_size"):
+        load_config(bad)
+    with pytest.raises(Exception, match="must be of type int"):
+        load_config(TINY, ["train.batch_size=big"])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small prepared corpus from the tiny-shakespeare-like synthetic text."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    # Sentences from a small grammar: learnable structure, so perplexity must fall.
+    adjectives, nouns = ["big", "small", "red", "blue"], ["cat", "dog", "bird", "fox", "cow"]
+    verbs, places = ["sat", "ran", "slept", "walked"], ["mat", "park", "home", "barn"]
+    for split, n in (("train", 400), ("valid", 40), ("test", 40)):
+        lines = [f"the {rng.choice(adjectives)} {rng.choice(nouns)} {rng.choice(verbs)} on the {rng.choice(places)}"
+                 for _ in range(n)]
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    out = root / "prepared"
+    assert main(["prepare", "--train-file", str(root / "train.txt"), "--valid-file", str(root / "valid.txt"),
+                 "--test-file", str(root / "test.txt"), "--output-dir", str(out)]) == 0
+    return out
+
+
+def run_train(corpus, output_dir, *overrides, resume=False):
+    args = ["train", "--config", str(TINY), "--data-dir", str(corpus), "--output-dir", str(output_dir),
+            *SMALL, *overrides]
+    if resume:
+        args.append("--resume")
+    return main(args)
+
+
+def newest_weights(output_dir):
+    return load_file(str(complete_checkpoints(Path(output_dir))[-1] / "model.safetensors"))
+
+
+def test_train_end_to_end_outputs(corpus, tmp_path):
+    out = tmp_path / "run"
+    # Adam (a config field like any other) learns the grammar within two short epochs.
+    assert run_train(corpus, out, "train.max_epochs=2", "train.optimizer=adam", "train.lr=0.01") == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert {"epoch", "lr", "train_ppl", "valid_ppl", "tokens_per_sec", "seconds"} <= set(r)
+    assert records[1]["valid_ppl"] < records[0]["valid_ppl"] < 8  # 20 words + <eos>: it learns the grammar
+    for name in ("model.safetensors", "config.json", "vocab.json"):
+        assert (out / "best" / name).is_file()
+    assert len(complete_checkpoints(out)) == 2
+    # Refuses to overwrite a run without --resume.
+    assert run_train(corpus, out, "train.max_epochs=2") == 2
+
+
+def test_max_steps_still_validates_and_exports(corpus, tmp_path):
+    out = tmp_path / "short"
+    assert run_train(corpus, out, "train.max_steps=3") == 0
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert record["step"] == 3 and 0 < record["epoch"] < 1
+    assert (out / "best" / "model.safetensors").is_file()
+
+
+def test_resume_mid_epoch_equals_uninterrupted(corpus, tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run_train(corpus, full, "train.max_epochs=2", "train.checkpoint_every_steps=5") == 0
+    # Stop mid-epoch 1, then resume (lifting the limit) to the end.
+    assert run_train(corpus, cut, "train.max_epochs=2", "train.checkpoint_every_steps=5", "train.max_steps=7") == 0
+    assert run_train(corpus, cut, "train.max_epochs=2", "train.checkpoint_every_steps=5", resume=True) == 0
+    a, b = newest_weights(full), newest_weights(cut)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+    last = lambda d: json.loads((d / "metrics.jsonl").read_text().splitlines()[-1])  # noqa: E731
+    assert last(full)["valid_ppl"] == last(cut)["valid_ppl"]
+    assert last(full)["train_ppl"] == last(cut)["train_ppl"]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_with_twice_the_batch(corpus, tmp_path):
+    common = ["--config", str(TINY), "--data-dir", str(corpus), *SMALL, "model.dropout=0.0",
+              "train.max_steps=4", "train.max_epochs=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--mixed_precision", "no",
+              "--num_machines", "1", "--dynamo_backend", "no"]
+    two = subprocess.run([*launch, "--num_processes", "2", str(REPO / "scripts" / "train.py"), *common,
+                          "--output-dir", str(tmp_path / "two"), "train.batch_size=4"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([*launch, "--num_processes", "1", str(REPO / "scripts" / "train.py"), *common,
+                          "--output-dir", str(tmp_path / "one"), "train.batch_size=8"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = newest_weights(tmp_path / "one"), newest_weights(tmp_path / "two")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+    for run in ("one", "two"):
+        (record,) = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        assert record["step"] == 4
