@@ -56,7 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Import only the module of the command asked for (all of them for plain `charlm --help`).
     only = argv[0] if argv and argv[0] in COMMANDS else None
-    args = build_parser(only).parse_args(argv)
+    parser = build_parser(only)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options (`train --data-dir D train.lr=0.5`), which a
+    # positional argument after options does not allow in argparse: collect them here.
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args._run(args) or 0)
     except CharlmError as err:

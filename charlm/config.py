@@ -255,6 +255,8 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             return ""
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):
+            raise CharlmError(f"{name} must be text; YAML reads an unquoted yes/no/on/off as a boolean, so quote it: '{'yes' if value else 'no'}'")
     else:  # pragma: no cover - a field type this function was not taught
         raise TypeError(f"unsupported config field type {annotation} for {name}")
     raise CharlmError(f"{name} must be of type {annotation.__name__}; got {value!r}")
@@ -310,7 +312,10 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
         section, name = parts
         if section not in ("model", "train"):
             raise CharlmError(f"unknown config key {key!r} in {item!r}; use model.KEY or train.KEY (see --help)")
-        values.setdefault(section, {})[name] = _parse_value(raw)
+        cls = ModelConfig if section == "model" else TrainConfig
+        is_text = typing.get_type_hints(cls).get(name) is str
+        # Text fields keep the raw text: YAML would read 'no' (a mixed_precision value) as False.
+        values.setdefault(section, {})[name] = raw if is_text else _parse_value(raw)
     return values
 
 
@@ -349,6 +354,10 @@ def model_config_from_json(path: str | Path) -> ModelConfig:
         raise CharlmError(f"{path} is missing: is {path.parent} an exported model directory (best/ of a run)?") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CharlmError(f"{path} is not valid JSON ({err}); re-export the model") from None
+    except OSError as err:
+        raise CharlmError(f"{path} cannot be read ({err.strerror}); re-export the model") from None
+    if not isinstance(values, dict):
+        raise CharlmError(f"{path} is not a model config (a JSON object); re-export the model")
     return _build(ModelConfig, values.get("model", values), "model.")
 
 

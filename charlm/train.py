@@ -26,19 +26,28 @@ import argparse
 import dataclasses
 import json
 import math
+import os
+import pickle
 import shutil
+import signal
+import sys
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
+from accelerate.utils import load as accelerate_load
+from accelerate.utils.constants import OPTIMIZER_NAME, RNG_STATE_NAME, SAFE_WEIGHTS_NAME
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from charlm.checkpoint import export_model
+from charlm.checkpoint import export_model, non_finite, recover_export
 from charlm.config import RunConfig, TrainConfig, describe_fields, load_config, save_json
 from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
@@ -106,43 +115,141 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     root = output_dir / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / COMPLETE_MARKER).is_file()]
+    found = [
+        p for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("step-") and "." not in p.name and (p / COMPLETE_MARKER).is_file()
+    ]
     return sorted(found, key=lambda p: p.name)
 
 
+def recover_checkpoints(output_dir: Path) -> None:
+    """Tidy ``checkpoints/`` after a crash (main process, before resuming).
+
+    ``step-N.tmp`` with its marker is a state whose writing finished but whose rename was cut:
+    it is put in place if ``step-N`` is missing. Every other ``.tmp`` or ``.old`` folder, and any
+    ``step-N`` without its marker (a deletion cut short), is removed.
+    """
+    root = output_dir / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return
+    for path in sorted(root.iterdir()):
+        final = root / path.name.split(".")[0]
+        if path.name.endswith(".tmp") and (path / COMPLETE_MARKER).is_file() and not final.exists():
+            path.rename(final)
+    for path in root.iterdir():
+        if path.is_dir() and ("." in path.name or not (path / COMPLETE_MARKER).is_file()):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, progress: dict[str, Any], hidden, keep: int) -> None:
-    """Write a resumable state: to ``step-N.tmp``, then a completeness marker, then rename."""
+    """Write a resumable state: to ``step-N.tmp``, then a completeness marker, then rename.
+
+    A crash at any moment leaves the newest complete state readable (see :func:`recover_checkpoints`);
+    a failed write (a full disk) is a CharlmError that leaves the previous states as they were.
+    """
     root = output_dir / CHECKPOINTS_DIR
     final = root / f"step-{progress['global_step']:09d}"
     tmp = root / (final.name + ".tmp")
+    old = root / (final.name + ".old")
+    try:
+        if accelerator.is_main_process:
+            root.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp), safe_serialization=True)  # model, optimizer, RNG of each process
+        save_file({"h": hidden[0].detach().cpu().contiguous(), "c": hidden[1].detach().cpu().contiguous()},
+                  str(tmp / f"hidden_{accelerator.process_index}.safetensors"))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_json(progress, tmp / PROGRESS_FILE)
+            (tmp / COMPLETE_MARKER).write_text("complete\n")
+    except (OSError, RuntimeError, SafetensorError) as err:  # torch.save reports a failed write as RuntimeError
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        newest = complete_checkpoints(output_dir)
+        kept = f"the newest complete state, {newest[-1]}, is intact" if newest else "no earlier state was saved"
+        raise CharlmError(f"could not write the checkpoint {tmp} ({_first_line(err)}); is the disk full? {kept}; "
+                          "free some space and run again with --resume") from None
     if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)  # model, optimizer, RNG of each process
-    save_file({"h": hidden[0].detach().cpu().contiguous(), "c": hidden[1].detach().cpu().contiguous()},
-              str(tmp / f"hidden_{accelerator.process_index}.safetensors"))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_json(progress, tmp / PROGRESS_FILE)
-        (tmp / COMPLETE_MARKER).write_text("complete\n")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        for old in complete_checkpoints(output_dir)[:-keep]:
+        if final.exists():  # the same update saved again (a resumed run): swap, never delete first
             shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        for stale in complete_checkpoints(output_dir)[:-keep]:
+            (stale / COMPLETE_MARKER).unlink(missing_ok=True)  # first: a deletion cut short leaves no "complete" state
+            shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(accelerator: Accelerator, directory: Path, device) -> tuple[dict[str, Any], tuple]:
-    accelerator.load_state(str(directory))
-    progress = json.loads((directory / PROGRESS_FILE).read_text())
-    hidden_file = directory / f"hidden_{accelerator.process_index}.safetensors"
+def load_checkpoint(accelerator: Accelerator, directory: Path, device, hidden_shape=None) -> tuple[dict[str, Any], tuple]:
+    """Restore model, optimizer and RNG states from a checkpoint; returns (progress, hidden state).
+
+    Nothing is unpickled beyond tensors: the weights and hidden states are safetensors, and
+    accelerate reads the optimizer and RNG files with ``torch.load(weights_only=True)``. A missing,
+    corrupt or planted file is a one-line CharlmError.
+    """
+    rank = accelerator.process_index
+    hidden_file = directory / f"hidden_{rank}.safetensors"
     if not hidden_file.is_file():
         raise CharlmError(f"{directory} was saved by a run with fewer processes; resume with the same number of processes")
-    state = load_file(str(hidden_file))
-    return progress, (state["h"].to(device), state["c"].to(device))
+    rng_file = directory / f"{RNG_STATE_NAME}_{rank}.pkl"
+    needed = [directory / f"{SAFE_WEIGHTS_NAME}", directory / f"{OPTIMIZER_NAME}.bin", rng_file, directory / PROGRESS_FILE]
+    missing = [p.name for p in needed if not p.is_file()]
+    fix = f"delete {directory} to resume from the state before it, or start a new run"
+    if missing:
+        raise CharlmError(f"checkpoint {directory} is incomplete (no {', '.join(missing)}); {fix}")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols on the way to refusing a file
+            warnings.simplefilter("ignore")
+            # accelerate skips an unreadable RNG file with a log message; a resumed run would then
+            # differ from an uninterrupted one, so read it first (the same safe way) to refuse it.
+            rng = accelerate_load(rng_file)
+            if not isinstance(rng, dict) or "torch_manual_seed" not in rng:
+                raise ValueError(f"{rng_file.name} does not hold random-number-generator states")
+            accelerator.load_state(str(directory))
+        progress = json.loads((directory / PROGRESS_FILE).read_text(encoding="utf-8"))
+        if not isinstance(progress, dict) or not {"epoch", "chunk", "global_step", "lr"} <= set(progress):
+            raise ValueError(f"{PROGRESS_FILE} is not a training progress record")
+        state = load_file(str(hidden_file))
+        hidden = (state["h"].to(device), state["c"].to(device))
+    except pickle.UnpicklingError:
+        raise CharlmError(f"refusing to load checkpoint {directory}: a file in it holds pickled objects other than "
+                          f"tensors, which could run code; {fix}") from None
+    except Exception as err:  # each reader raises its own kind of error for a truncated or foreign file
+        raise CharlmError(f"cannot load checkpoint {directory} ({_first_line(err)}); {fix}") from None
+    if hidden_shape is not None and tuple(hidden[0].shape) != tuple(hidden_shape):
+        raise CharlmError(f"checkpoint {directory} was saved with another train.batch_size or model size (hidden state "
+                          f"{tuple(hidden[0].shape)}, this run {tuple(hidden_shape)}); resume with the same config")
+    return progress, hidden
+
+
+def _first_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def drop_later_records(metrics: Path, step: int) -> None:
+    """Forget metrics records written after the state we resume from (a run killed between
+    writing an epoch's record and saving its state redoes that epoch and writes it again)."""
+    if not metrics.is_file():
+        return
+    lines = metrics.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if _record_step(line) <= step]
+    if len(kept) != len(lines):
+        tmp = metrics.with_name(metrics.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp.replace(metrics)
+
+
+def _record_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write
+        return math.inf
 
 
 # ------------------------------------------------------------------------------ the run
@@ -213,6 +320,7 @@ def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resum
         progress, hidden = load_checkpoint(accelerator, checkpoints[-1], accelerator.device)
         if accelerator.is_main_process:
             print(f"resuming from {checkpoints[-1]} (epoch {progress['epoch'] + 1}, update {progress['global_step']})")
+            drop_later_records(output_dir / METRICS_FILE, progress["global_step"])
     elif resume and accelerator.is_main_process:
         print(f"no complete checkpoint in {output_dir / CHECKPOINTS_DIR}; starting from scratch")
     for group in optimizer.param_groups:
@@ -348,11 +456,10 @@ def _fold_counters(progress: dict[str, Any], nll_sum: torch.Tensor, train_start:
 
 
 def _write_plot(output_dir: Path) -> None:
-    try:
-        from charlm.plots import plot_metrics
-    except ImportError:  # matplotlib is an optional extra
-        return
-    plot_metrics(output_dir / METRICS_FILE, output_dir / "curves.png")
+    from charlm.plots import plot_metrics
+
+    if plot_metrics(output_dir / METRICS_FILE, output_dir / "curves.png") is None:
+        print("curves.png skipped: install matplotlib (pip install charlm[plot]) for the plot")
 
 
 # ------------------------------------------------------------------------------ CLI

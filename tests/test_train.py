@@ -139,22 +139,28 @@ def test_resume_mid_epoch_equals_uninterrupted(corpus, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process_with_twice_the_batch(corpus, tmp_path):
+    """`accelerate launch` with 2 CPU processes (each batch 4) = 1 process with batch 8.
+
+    On a machine without CUDA, `accelerate launch --cpu --num_processes 2` starts one process
+    (its CPU launcher wants mpirun); `--multi_gpu` with ACCELERATE_USE_CPU starts two through
+    torchrun in a gloo group. Dropout is off: its masks are drawn per process.
+    """
     common = ["--config", str(TINY), "--data-dir", str(corpus), *SMALL, "model.dropout=0.0",
               "train.max_steps=4", "train.max_epochs=1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--mixed_precision", "no",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONWARNINGS": "ignore"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--mixed_precision", "no",
               "--num_machines", "1", "--dynamo_backend", "no"]
-    two = subprocess.run([*launch, "--num_processes", "2", str(REPO / "scripts" / "train.py"), *common,
-                          "--output-dir", str(tmp_path / "two"), "train.batch_size=4"],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run([*launch, "--num_processes", "1", str(REPO / "scripts" / "train.py"), *common,
-                          "--output-dir", str(tmp_path / "one"), "train.batch_size=8"],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
-    a, b = newest_weights(tmp_path / "one"), newest_weights(tmp_path / "two")
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
-    for run in ("one", "two"):
-        (record,) = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    runs = {"two": ["--multi_gpu", "--num_processes", "2"], "one": ["--num_processes", "1"]}
+    batch = {"two": 4, "one": 8}
+    for name, flags in runs.items():
+        done = subprocess.run([*launch, *flags, str(REPO / "scripts" / "train.py"), *common,
+                               "--output-dir", str(tmp_path / name), f"train.batch_size={batch[name]}"],
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"{name == 'two' and 2 or 1} process(es)" in done.stdout, done.stdout
+        (record,) = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         assert record["step"] == 4
+    a, b = newest_weights(tmp_path / "one"), newest_weights(tmp_path / "two")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)

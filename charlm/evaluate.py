@@ -1,0 +1,285 @@
+"""``charlm perplexity``: the exact full-stream perplexity of a trained model.
+
+    charlm perplexity --checkpoint runs/ptb-char-small/best --data-dir data/ptb --split test
+    charlm perplexity --checkpoint runs/ptb-char-small/best --text-file notes.txt --json
+
+The number is :func:`charlm.scoring.score_stream`'s: ``exp(total NLL / total predicted tokens)``
+over the whole stream, the LSTM state carried from the first token to the last, the stream read as
+if it followed an end-of-sentence. A text file is tokenized with the model's own vocabulary and
+tokenizer; words the model does not know become ``<unk>``, are scored as ``<unk>`` and counted.
+
+Under ``accelerate launch`` with several processes the main process computes the number and prints
+it; the others wait (:func:`main_process_only`, used by every "use a model" command). Carrying the
+state over the whole stream is what makes the number exact, so the stream cannot be split between
+processes without changing it.
+
+This module also holds the input helpers the other "use a model" commands share: the device, the
+model directory, and reading a text file or a prepared split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from charlm.checkpoint import load_model
+from charlm.errors import CharlmError
+from charlm.model import CharLM
+from charlm.plots import atomic_open, check_output_path
+from charlm.scoring import score_stream
+from charlm.vocab import Vocabulary
+
+SPLITS = ("test", "valid", "train")
+
+
+@dataclass(frozen=True)
+class EvalDefaults:
+    """The defaults of ``charlm perplexity`` (argparse reads them from here)."""
+
+    split: str = "test"
+    """Which split of a prepared corpus to score."""
+    chunk_len: int = 2048
+    """Tokens per LSTM call; speed only, the number does not depend on it."""
+    device: str = "cpu"
+    """Where the model runs: 'cpu', 'cuda' or 'cuda:N'."""
+
+
+DEFAULTS = EvalDefaults()
+
+
+# ----------------------------------------------------------------------------- shared inputs
+
+
+def resolve_device(name: str) -> torch.device:
+    """``'cpu'``, ``'cuda'`` or ``'cuda:N'``; asking for CUDA where there is none is an error."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CharlmError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CharlmError(f"device {name!r} was asked for but CUDA is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise CharlmError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+    return device
+
+
+def load_checkpoint(directory: str | Path, device: str = DEFAULTS.device) -> tuple[CharLM, Vocabulary]:
+    """The exported model in ``directory`` on ``device``, in eval mode."""
+    return load_model(directory, resolve_device(device))
+
+
+def read_text_lines(path: str | Path) -> list[str]:
+    """The non-blank lines of a UTF-8 text file, split as ``charlm prepare`` splits them (so a
+    file scores the same as the prepared split made from it). Missing, undecodable or empty files
+    are one-line errors."""
+    from data_prep.sources import text_lines
+
+    path = Path(path)
+    if not path.is_file():
+        raise CharlmError(f"text file {path} not found")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # -sig: a leading byte-order mark is dropped
+    except UnicodeDecodeError as err:
+        raise CharlmError(
+            f"{path} is not UTF-8 (invalid byte 0x{data[err.start]:02x} at offset {err.start}); convert it, "
+            "e.g. `iconv -f latin1 -t utf-8`"
+        ) from None
+    lines = text_lines(text)
+    if not lines:
+        raise CharlmError(f"{path} is empty (or only whitespace): there is nothing to read")
+    return lines
+
+
+def text_file_ids(vocab: Vocabulary, path: str | Path) -> np.ndarray:
+    """Word ids of a raw text file, tokenized as the model's corpus was (unknown words -> <unk>)."""
+    ids = np.asarray(vocab.encode_lines(read_text_lines(path)), dtype=np.int64)
+    if ids.size == 0:
+        raise CharlmError(f"{path} holds no tokens the model's tokenizer can read")
+    return ids
+
+
+def check_same_vocabulary(model_vocab: Vocabulary, corpus_vocab: Vocabulary, data_dir: str | Path) -> None:
+    if list(model_vocab.words) != list(corpus_vocab.words):
+        raise CharlmError(
+            f"the corpus in {data_dir} has a different vocabulary ({len(corpus_vocab)} words) from the model's "
+            f"({len(model_vocab)} words); score a corpus prepared with this model's vocabulary, or use --text-file"
+        )
+
+
+def corpus_split_ids(vocab: Vocabulary, data_dir: str | Path, split: str) -> np.ndarray:
+    """Word ids of one split of a prepared corpus, refused if its vocabulary is not ``vocab``."""
+    from charlm.corpus import load_corpus  # the corpus reader is only needed for --data-dir
+
+    if split not in SPLITS:
+        raise CharlmError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+    corpus_vocab, splits, _ = load_corpus(data_dir)
+    check_same_vocabulary(vocab, corpus_vocab, data_dir)
+    ids = np.asarray(splits[split], dtype=np.int64)
+    if ids.size == 0:
+        raise CharlmError(f"the {split} split of {data_dir} is empty")
+    return ids
+
+
+def input_ids(vocab: Vocabulary, args: argparse.Namespace) -> np.ndarray:
+    """The stream named by ``--text-file`` or ``--data-dir``/``--split``."""
+    if args.text_file is not None:
+        return text_file_ids(vocab, args.text_file)
+    return corpus_split_ids(vocab, args.data_dir, args.split)
+
+
+def process_state():
+    """accelerate's view of this process (a single process unless started by a launcher).
+
+    Processes started on a machine without CUDA (or with ``ACCELERATE_USE_CPU``) join a CPU
+    (gloo) group; ``PartialState`` alone would not read that flag, ``Accelerator`` does.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
+def main_process_only(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run a command on the main process only; under ``accelerate launch`` the others wait for it.
+
+    Used by every "use a model" command: their results are exact single-stream computations, so
+    several processes would only repeat them (and print or write them several times).
+    """
+
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> int:
+        state = process_state()
+        try:
+            return run(args) if state.is_main_process else 0
+        finally:
+            state.wait_for_everyone()
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------- perplexity
+
+
+def perplexity(
+    model: CharLM,
+    vocab: Vocabulary,
+    ids: np.ndarray,
+    chunk_len: int = DEFAULTS.chunk_len,
+    per_token: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Exact full-stream perplexity of ``ids`` (word ids), with its parts.
+
+    Returns ``{"perplexity", "nll", "tokens", "unk", "seconds"}`` (``nll`` summed, in nats; ``unk``
+    the number of scored tokens that are ``<unk>``), plus ``"logprobs"`` (a float array, one
+    natural-log probability per token) when ``per_token``.
+    """
+    if chunk_len < 1:
+        raise CharlmError(f"chunk length must be at least 1, got {chunk_len}")
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.ndim != 1 or ids.size == 0:
+        raise CharlmError("nothing to score: the token stream is empty")
+    start = time.perf_counter()
+    score = score_stream(model, ids, vocab.eos_id, chunk_len=chunk_len, per_token=per_token, progress=progress)
+    seconds = time.perf_counter() - start
+    result: dict[str, Any] = {
+        "perplexity": score.perplexity,
+        "nll": score.nll,
+        "tokens": score.tokens,
+        "unk": int(np.count_nonzero(ids == vocab.unk_id)) if vocab.unk_id is not None else 0,
+        "seconds": round(seconds, 3),
+    }
+    if per_token:
+        result["logprobs"] = score.logprobs
+    return result
+
+
+def write_per_token(path: str | Path, vocab: Vocabulary, ids: np.ndarray, logprobs: np.ndarray) -> None:
+    """Each token with its log-probability: TSV (header ``token\\tlogprob``) or JSONL (``*.jsonl``).
+
+    Written under a temporary name and renamed into place.
+    """
+    path = Path(path)
+    words = vocab.words
+    with atomic_open(path) as f:
+        if path.suffix == ".jsonl":
+            for i, lp in zip(ids.tolist(), logprobs.tolist()):
+                f.write(json.dumps({"token": words[i], "logprob": lp}, ensure_ascii=False) + "\n")
+        else:
+            f.write("token\tlogprob\n")
+            f.writelines(f"{words[i]}\t{lp:.6f}\n" for i, lp in zip(ids.tolist(), logprobs.tolist()))
+
+
+def format_result(result: dict[str, Any]) -> str:
+    unk_share = result["unk"] / max(result["tokens"], 1)
+    return (
+        f"perplexity {result['perplexity']:.3f} | nll {result['nll'] / max(result['tokens'], 1):.4f} nats/token | "
+        f"{result['tokens']:,} tokens ({result['unk']:,} <unk>, {unk_share:.1%}) | {result['seconds']:.2f} s"
+    )
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_source_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--text-file F`` or ``--data-dir D --split S`` (shared with ``charlm gates``)."""
+    source = parser.add_mutually_exclusive_group(required=required)
+    source.add_argument("--text-file", metavar="F",
+                        help="a raw UTF-8 text file, tokenized with the model's own tokenizer")
+    source.add_argument("--data-dir", metavar="D",
+                        help="a corpus prepared by `charlm prepare` with the same vocabulary as the model")
+    parser.add_argument("--split", choices=SPLITS, default=DEFAULTS.split,
+                        help="which split of --data-dir to read")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="DIR",
+                        help="an exported model directory (the best/ folder of a training run)")
+    parser.add_argument("--device", default=DEFAULTS.device,
+                        help="where the model runs: cpu, cuda or cuda:N")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    add_source_arguments(parser)
+    parser.add_argument("--chunk-len", type=int, default=DEFAULTS.chunk_len,
+                        help="tokens per LSTM call (speed and memory only; the number is exact either way)")
+    parser.add_argument("--per-token", metavar="F",
+                        help="also write each token with its log-probability (natural log) to F: TSV, or JSONL "
+                             "if F ends in .jsonl")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (perplexity, nll, tokens, unk, seconds, ...) instead of a line")
+
+
+@main_process_only  # the number needs the whole stream in one process; see the module docstring
+def run(args: argparse.Namespace) -> int:
+    if args.chunk_len < 1:
+        raise CharlmError(f"--chunk-len must be at least 1, got {args.chunk_len}")
+    if args.per_token:
+        check_output_path(args.per_token)
+    model, vocab = load_checkpoint(args.checkpoint, args.device)
+    ids = input_ids(vocab, args)
+    result = perplexity(model, vocab, ids, args.chunk_len, per_token=bool(args.per_token),
+                        progress=sys.stderr.isatty())
+    logprobs = result.pop("logprobs", None)
+    if args.per_token:
+        write_per_token(args.per_token, vocab, ids, logprobs)
+    source = {"text_file": str(args.text_file)} if args.text_file else {"data_dir": str(args.data_dir),
+                                                                        "split": args.split}
+    if args.json:
+        print(json.dumps({**result, "checkpoint": str(args.checkpoint), **source,
+                          "processes": process_state().num_processes}))
+    else:
+        print(format_result(result))
+    return 0

@@ -1,0 +1,170 @@
+"""`charlm perplexity`: the exact full-stream number, its outputs, and every bad input."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from charlm.evaluate import perplexity, text_file_ids
+from charlm.scoring import score_stream
+from helpers_model import assert_one_line_error, loaded, run_cli, trained  # noqa: F401  (fixtures)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@torch.inference_mode()
+def token_by_token_perplexity(model, ids, start_id) -> float:
+    """The plainest possible loop: one token per call, hidden state carried."""
+    hidden = model.init_hidden(1)
+    previous, nll = start_id, 0.0
+    for target in ids.tolist():
+        logits, hidden = model(torch.tensor([[previous]]), hidden)  # [1, 1, V]
+        nll -= F.log_softmax(logits[0, 0].double(), dim=-1)[target].item()
+        previous = target
+    return math.exp(nll / len(ids))
+
+
+def test_batched_scoring_equals_token_by_token_loop(trained, loaded):
+    model, vocab = loaded
+    from charlm.corpus import load_corpus
+
+    ids = np.asarray(load_corpus(trained.data_dir)[1]["test"], dtype=np.int64)
+    expected = token_by_token_perplexity(model, ids, vocab.eos_id)
+    for chunk_len in (1, 7, 2048):
+        got = score_stream(model, ids, vocab.eos_id, chunk_len=chunk_len).perplexity
+        assert got == pytest.approx(expected, rel=1e-4)
+    result = perplexity(model, vocab, ids, chunk_len=50)
+    assert result["perplexity"] == pytest.approx(expected, rel=1e-4)
+    assert result["tokens"] == len(ids)
+    assert result["perplexity"] == pytest.approx(math.exp(result["nll"] / result["tokens"]))
+    assert 1.0 < result["perplexity"] < len(vocab)  # trained: better than uniform
+
+
+def test_text_file_counts_unknown_words_and_matches_the_prepared_split(trained, loaded, capsys):
+    model, vocab = loaded
+    ids = text_file_ids(vocab, trained.text_file)
+    result = perplexity(model, vocab, ids)
+    assert result["unk"] == 2  # "zyzzyva" and "flibbertigibbets" are not in the vocabulary
+    assert result["tokens"] == len(ids)
+
+    # The raw test file scores exactly like the test split prepared from it.
+    test_txt = trained.data_dir.parent / "test.txt"
+    _, out_text, _ = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file", test_txt, "--json")
+    _, out_data, _ = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir,
+                             "--data-dir", trained.data_dir, "--split", "test", "--json")
+    from_text, from_data = json.loads(out_text), json.loads(out_data)
+    assert from_text["perplexity"] == pytest.approx(from_data["perplexity"], rel=1e-9)
+    assert from_text["tokens"] == from_data["tokens"]
+
+
+@pytest.mark.parametrize("name", ["tokens.tsv", "tokens.jsonl"])
+def test_json_output_and_per_token_file(trained, tmp_path, capsys, name):
+    out_file = tmp_path / name
+    code, out, err = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file", trained.text_file,
+                             "--json", "--per-token", out_file)
+    assert code == 0
+    result = json.loads(out)
+    assert {"perplexity", "nll", "tokens", "unk", "seconds"} <= set(result)
+    lines = out_file.read_text(encoding="utf-8").splitlines()
+    if name.endswith(".jsonl"):
+        rows = [json.loads(line) for line in lines]
+        tokens, logprobs = [r["token"] for r in rows], [r["logprob"] for r in rows]
+    else:
+        assert lines[0] == "token\tlogprob"
+        tokens, logprobs = zip(*(line.split("\t") for line in lines[1:]))
+        logprobs = [float(x) for x in logprobs]
+    assert len(tokens) == result["tokens"]
+    assert tokens.count("<unk>") == result["unk"] == 2
+    assert -sum(logprobs) == pytest.approx(result["nll"], rel=1e-5)
+    assert not list(tmp_path.glob("*.tmp"))
+
+    code, out, _ = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file", trained.text_file)
+    assert code == 0 and out.startswith(f"perplexity {result['perplexity']:.3f}")
+
+
+@pytest.mark.slow
+def test_same_number_from_one_and_two_processes(trained, capsys):
+    """Two processes through the real launcher print one result: the same number as one process.
+
+    On a machine without CUDA, `accelerate launch --cpu --num_processes 2` starts a single process
+    (its CPU launcher needs mpirun for more); `--multi_gpu` starts two through torchrun, and
+    ACCELERATE_USE_CPU makes them a CPU (gloo) group.
+    """
+    args = ["--checkpoint", str(trained.model_dir), "--data-dir", str(trained.data_dir), "--split", "valid", "--json"]
+    code, out, _ = run_cli(capsys, "perplexity", *args)
+    single = json.loads(out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONWARNINGS": "ignore"}
+    launched = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+         str(REPO / "scripts" / "perplexity.py"), *args],
+        capture_output=True, text=True, timeout=120, env=env, cwd=REPO,
+    )
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    printed = [line for line in launched.stdout.splitlines() if line.startswith("{")]
+    assert len(printed) == 1, launched.stdout  # only the main process prints
+    multi = json.loads(printed[0])
+    assert multi["processes"] == 2
+    assert multi["perplexity"] == pytest.approx(single["perplexity"], rel=1e-9)
+    assert multi["tokens"] == single["tokens"]
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def test_missing_and_incomplete_model_directory(trained, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "perplexity", "--checkpoint", tmp_path / "nope", "--text-file", trained.text_file)
+    assert "does not exist" in assert_one_line_error(code, err)
+    for missing in ("model.safetensors", "vocab.json", "config.json"):
+        broken = tmp_path / f"without-{missing}"
+        shutil.copytree(trained.model_dir, broken)
+        (broken / missing).unlink()
+        code, _, err = run_cli(capsys, "perplexity", "--checkpoint", broken, "--text-file", trained.text_file)
+        assert missing in assert_one_line_error(code, err)
+
+
+def test_vocabulary_mismatch_is_refused(trained, tmp_path, capsys):
+    per_token = tmp_path / "tokens.tsv"
+    code, out, err = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir,
+                             "--data-dir", trained.other_data_dir, "--per-token", per_token)
+    assert "different vocabulary" in assert_one_line_error(code, err)
+    assert out == "" and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty"),
+    (b"  \n\t\n   \n", "empty"),
+    ("caf\u00e9 au lait\n".encode("latin-1"), "not UTF-8"),
+])
+def test_bad_text_files(trained, tmp_path, capsys, content, message):
+    text = tmp_path / "input.txt"
+    text.write_bytes(content)
+    per_token = tmp_path / "tokens.tsv"
+    code, out, err = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file", text,
+                             "--per-token", per_token)
+    assert message in assert_one_line_error(code, err)
+    assert out == "" and not per_token.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_bad_options(trained, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file", trained.text_file,
+                           "--chunk-len", "0")
+    assert "--chunk-len" in assert_one_line_error(code, err)
+    code, _, err = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file", trained.text_file,
+                           "--per-token", tmp_path / "no" / "such" / "dir.tsv")
+    assert "does not exist" in assert_one_line_error(code, err)
+    code, _, err = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file",
+                           tmp_path / "missing.txt")
+    assert "not found" in assert_one_line_error(code, err)
+    if not torch.cuda.is_available():
+        code, _, err = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file",
+                               trained.text_file, "--device", "cuda")
+        assert "CUDA" in assert_one_line_error(code, err)
