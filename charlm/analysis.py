@@ -329,8 +329,20 @@ def add_gates_arguments(parser: argparse.ArgumentParser) -> None:
                         help="writes PREFIX.png (heatmap), PREFIX.csv (dimension x layer) and PREFIX.json")
 
 
+def check_output_prefix(prefix: str | Path) -> None:
+    """Fail before any work if ``PREFIX.{csv,json,png}`` cannot be written (missing folders are made)."""
+    prefix = Path(prefix)
+    existing = next(p for p in (prefix.parent, *prefix.parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise CharlmError(f"cannot write {prefix}.csv/.json/.png: {existing} is a file, not a folder")
+    for ext in (".csv", ".json", ".png"):
+        if prefix.with_name(prefix.name + ext).is_dir():
+            raise CharlmError(f"cannot write {prefix}{ext}: it is a folder")
+
+
 @main_process_only
 def run_gates(args: argparse.Namespace) -> int:
+    check_output_prefix(args.output)
     model, vocab = load_checkpoint(args.checkpoint, args.device)
     check_has_gates(model)
     if args.text_file is not None:

@@ -75,7 +75,7 @@ def export_model(model: CharLM, vocab: Vocabulary, directory: str | Path, extra:
         vocab.save(tmp)
     except (OSError, SafetensorError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CharlmError(f"could not write the model to {tmp} ({_reason(err)}); is the disk full? "
+        raise CharlmError(f"could not write the model to {tmp} ({error_reason(err)}); is the disk full? "
                           f"{directory} is unchanged") from None
     if directory.exists():
         if old.exists():
@@ -100,8 +100,8 @@ def recover_export(directory: str | Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)  # left over, or an export that did not finish writing
 
 
-def _reason(err: BaseException) -> str:
-    """The first line of an exception's message (``strerror`` for an OSError)."""
+def error_reason(err: BaseException) -> str:
+    """The first line of an exception's message (``strerror`` for an OSError), for one-line errors."""
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
     text = str(err).strip()
@@ -140,7 +140,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CharlmError(f"{weights} cannot be read ({_reason(err)}); the file is truncated or corrupt, "
+        raise CharlmError(f"{weights} cannot be read ({error_reason(err)}); the file is truncated or corrupt, "
                           "re-export it") from None
     bad = non_finite(state)
     if bad:

@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import math
 import textwrap
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -248,7 +249,14 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise CharlmError(f"{name} must be a finite number; got {value!r}")
             return float(value)
     elif annotation is str:
         if value is None:

@@ -178,6 +178,7 @@ def perplexity(
     chunk_len: int = DEFAULTS.chunk_len,
     per_token: bool = False,
     progress: bool = False,
+    bf16: bool = False,
 ) -> dict[str, Any]:
     """Exact full-stream perplexity of ``ids`` (word ids), with its parts.
 
@@ -191,7 +192,8 @@ def perplexity(
     if ids.ndim != 1 or ids.size == 0:
         raise CharlmError("nothing to score: the token stream is empty")
     start = time.perf_counter()
-    score = score_stream(model, ids, vocab.eos_id, chunk_len=chunk_len, per_token=per_token, progress=progress)
+    score = score_stream(model, ids, vocab.eos_id, chunk_len=chunk_len, per_token=per_token, progress=progress,
+                         bf16=bf16)
     seconds = time.perf_counter() - start
     result: dict[str, Any] = {
         "perplexity": score.perplexity,
@@ -260,6 +262,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "if F ends in .jsonl")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (perplexity, nll, tokens, unk, seconds, ...) instead of a line")
+    parser.add_argument("--bf16", action="store_true",
+                        help="matrix products in bfloat16 (softmax in float32): faster on CPUs with bf16 "
+                             "support and on GPUs, not bit-exact (see the README for the difference)")
 
 
 @main_process_only  # the number needs the whole stream in one process; see the module docstring
@@ -271,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     model, vocab = load_checkpoint(args.checkpoint, args.device)
     ids = input_ids(vocab, args)
     result = perplexity(model, vocab, ids, args.chunk_len, per_token=bool(args.per_token),
-                        progress=sys.stderr.isatty())
+                        progress=sys.stderr.isatty(), bf16=args.bf16)
     logprobs = result.pop("logprobs", None)
     if args.per_token:
         write_per_token(args.per_token, vocab, ids, logprobs)

@@ -230,6 +230,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @main_process_only
 def run(args: argparse.Namespace) -> int:
     options = SamplingOptions(**{f.name: getattr(args, f.name) for f in fields(SamplingOptions)})
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError as err:  # bytes that are not UTF-8 reach sys.argv as lone surrogates
+        raise CharlmError(f"--prompt is not UTF-8 text (character {err.object[err.start]!r} at position "
+                          f"{err.start}); pass the prompt in UTF-8") from None
     model, vocab = load_checkpoint(args.checkpoint, args.device)
     result = sample(model, vocab, args.prompt, options)
     texts = [join_text(vocab, args.prompt, ids) for ids in result.ids]

@@ -19,22 +19,31 @@ import torch
 ROWS_PER_BLOCK = 256  # rows of logits handled together: [256, V] stays in cache-sized pieces
 
 
+def _blockwise_nll(hidden, weight, bias, targets, grad_logits=None) -> torch.Tensor:
+    """Per-row ``logsumexp(logits) - logits[target]`` computed ``ROWS_PER_BLOCK`` rows at a time;
+    if ``grad_logits`` ``[N, V]`` is given, also fill it with ``softmax(logits) - onehot``."""
+    losses = hidden.new_empty(hidden.size(0), dtype=torch.float32)
+    for start in range(0, hidden.size(0), ROWS_PER_BLOCK):
+        rows = slice(start, start + ROWS_PER_BLOCK)
+        logits = torch.addmm(bias, hidden[rows], weight.t()).float()  # [n_b, V]
+        target_logit = logits.gather(1, targets[rows, None]).squeeze(1)  # [n_b]
+        top = logits.amax(dim=1, keepdim=True)  # [n_b, 1], for a stable exp
+        probs = logits.sub_(top).exp_()  # unnormalised softmax, in place: one exp pass
+        total = probs.sum(dim=1, keepdim=True)  # [n_b, 1]
+        losses[rows] = (top + total.log()).squeeze(1) - target_logit  # logsumexp - target
+        if grad_logits is not None:
+            probs.div_(total)
+            probs.scatter_add_(1, targets[rows, None], probs.new_full((probs.size(0), 1), -1.0))
+            grad_logits[rows] = probs
+    return losses
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets):
         # hidden [N, H], weight [V, H], bias [V], targets [N] -> per-row loss [N] (float32)
-        n = hidden.size(0)
-        losses = hidden.new_empty(n, dtype=torch.float32)
-        grad_logits = hidden.new_empty(n, weight.size(0))  # [N, V] in the compute dtype
-        for start in range(0, n, ROWS_PER_BLOCK):
-            rows = slice(start, start + ROWS_PER_BLOCK)
-            logits = torch.addmm(bias, hidden[rows], weight.t()).float()  # [n_b, V]
-            lse = torch.logsumexp(logits, dim=1)  # [n_b]
-            target_logit = logits.gather(1, targets[rows, None]).squeeze(1)
-            losses[rows] = lse - target_logit
-            probs = torch.exp(logits.sub_(lse[:, None]))  # softmax, in place
-            probs.scatter_add_(1, targets[rows, None], probs.new_full((probs.size(0), 1), -1.0))
-            grad_logits[rows] = probs
+        grad_logits = hidden.new_empty(hidden.size(0), weight.size(0))  # [N, V] in the compute dtype
+        losses = _blockwise_nll(hidden, weight, bias, targets, grad_logits)
         ctx.save_for_backward(hidden, weight, grad_logits)
         return losses
 

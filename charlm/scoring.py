@@ -34,7 +34,10 @@ class StreamScore:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.nll / max(self.tokens, 1))
+        try:
+            return math.exp(self.nll / max(self.tokens, 1))
+        except OverflowError:  # a diverged model: report infinity, not a traceback
+            return math.inf
 
 
 @torch.inference_mode()
@@ -52,12 +55,21 @@ def score_stream(
     chunk_len: int = 2048,
     per_token: bool = False,
     progress: bool = False,
+    bf16: bool = False,
 ) -> StreamScore:
     """Score ``ids`` (a 1-D stream of word ids) with the state carried across the whole stream.
 
     ``start_id`` is the context before the first token (the end-of-sentence id). The model is put
-    in eval mode (no dropout) and restored to its previous mode afterwards.
+    in eval mode (no dropout) and restored to its previous mode afterwards. ``bf16`` runs the
+    matrix products under bfloat16 autocast (the softmax stays float32): about twice as fast on
+    CPUs with bf16 support, and not bit-exact (the README reports the difference).
     """
+    device = model.decoder.weight.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        return _score_stream(model, ids, start_id, chunk_len, per_token, progress)
+
+
+def _score_stream(model, ids, start_id, chunk_len, per_token, progress) -> StreamScore:
     was_training = model.training
     model.eval()
     device = model.decoder.weight.device

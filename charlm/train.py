@@ -18,15 +18,22 @@ carried over (detached, so gradients stop at the chunk boundary). Each process o
 rows and the gradients are averaged across processes, so N processes with batch B compute the same
 update as one process with batch N*B. We batch the stream ourselves: a DataLoader prepared by
 accelerate would shard and reshuffle it.
+
+Interruptions. A resumable state (model, optimizer, RNG states, LSTM state, progress) is saved every
+``train.checkpoint_every_steps`` updates and at the end of each epoch: written to
+``checkpoints/step-N.tmp``, marked ``COMPLETE``, then renamed, so a crash or a SIGKILL at any moment
+leaves the newest complete state intact, and ``--resume`` continues from it to the same weights as an
+uninterrupted run. SIGINT or SIGTERM stops after the current update, saves, and exits with status
+130 or 143. A NaN or infinite loss stops the run before anything is saved or exported.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import dataclasses
 import json
 import math
-import os
 import pickle
 import shutil
 import signal
@@ -41,13 +48,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
-from accelerate.utils import load as accelerate_load
 from accelerate.utils.constants import OPTIMIZER_NAME, RNG_STATE_NAME, SAFE_WEIGHTS_NAME
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from charlm.checkpoint import export_model, non_finite, recover_export
+from charlm.checkpoint import error_reason, export_model, non_finite, recover_export
 from charlm.config import RunConfig, TrainConfig, describe_fields, load_config, save_json
 from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
@@ -59,6 +65,7 @@ BEST_DIR = "best"
 METRICS_FILE = "metrics.jsonl"
 PROGRESS_FILE = "progress.json"
 COMPLETE_MARKER = "COMPLETE"
+STOP_CHECK_EVERY = 10  # with several processes, a SIGINT/SIGTERM is agreed on every N updates
 
 
 class TextStream:
@@ -169,7 +176,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, progress: dict[s
             shutil.rmtree(tmp, ignore_errors=True)
         newest = complete_checkpoints(output_dir)
         kept = f"the newest complete state, {newest[-1]}, is intact" if newest else "no earlier state was saved"
-        raise CharlmError(f"could not write the checkpoint {tmp} ({_first_line(err)}); is the disk full? {kept}; "
+        raise CharlmError(f"could not write the checkpoint {tmp} ({error_reason(err)}); is the disk full? {kept}; "
                           "free some space and run again with --resume") from None
     if accelerator.is_main_process:
         if final.exists():  # the same update saved again (a resumed run): swap, never delete first
@@ -183,31 +190,50 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, progress: dict[s
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(accelerator: Accelerator, directory: Path, device, hidden_shape=None) -> tuple[dict[str, Any], tuple]:
+def read_data_pickle(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)``, also allowing the numpy arrays and dtypes of RNG
+    states: data only, never code. A pickle that references anything else (a planted file) raises
+    ``pickle.UnpicklingError``."""
+    if not hasattr(torch.serialization, "safe_globals"):
+        raise CharlmError(f"resuming needs torch >= 2.5 to read {path.name} without running code from it "
+                          f"(installed: {torch.__version__}); upgrade torch")
+    np_core = getattr(np, "_core", None) or np.core
+    allowed = [np_core.multiarray._reconstruct, np.ndarray, np.dtype, codecs.encode,
+               *{type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64, np.uint8)}]
+    with warnings.catch_warnings(), torch.serialization.safe_globals(allowed):
+        warnings.simplefilter("ignore")  # torch warns about pickle protocols on the way to refusing a file
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_checkpoint(
+    accelerator: Accelerator, directory: Path, device, hidden_shape=None
+) -> tuple[dict[str, Any], tuple]:
     """Restore model, optimizer and RNG states from a checkpoint; returns (progress, hidden state).
 
-    Nothing is unpickled beyond tensors: the weights and hidden states are safetensors, and
-    accelerate reads the optimizer and RNG files with ``torch.load(weights_only=True)``. A missing,
-    corrupt or planted file is a one-line CharlmError.
+    Nothing that could run code is unpickled: the weights and hidden states are safetensors, and
+    the two pickled files accelerate reads (optimizer, RNG states) are first read here with
+    ``torch.load(weights_only=True)``, which allows tensors, numbers and numpy arrays only, whatever
+    the accelerate version does next. A missing, corrupt or planted file is a one-line CharlmError.
     """
     rank = accelerator.process_index
     hidden_file = directory / f"hidden_{rank}.safetensors"
     if not hidden_file.is_file():
         raise CharlmError(f"{directory} was saved by a run with fewer processes; resume with the same number of processes")
     rng_file = directory / f"{RNG_STATE_NAME}_{rank}.pkl"
-    needed = [directory / f"{SAFE_WEIGHTS_NAME}", directory / f"{OPTIMIZER_NAME}.bin", rng_file, directory / PROGRESS_FILE]
+    needed = [directory / SAFE_WEIGHTS_NAME, directory / f"{OPTIMIZER_NAME}.bin", rng_file, directory / PROGRESS_FILE]
     missing = [p.name for p in needed if not p.is_file()]
     fix = f"delete {directory} to resume from the state before it, or start a new run"
     if missing:
         raise CharlmError(f"checkpoint {directory} is incomplete (no {', '.join(missing)}); {fix}")
     try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols on the way to refusing a file
+        # (accelerate also skips an unreadable RNG file with a mere log message, and a resumed run
+        # would then differ from an uninterrupted one: reading it here first refuses it.)
+        read_data_pickle(directory / f"{OPTIMIZER_NAME}.bin")
+        rng = read_data_pickle(rng_file)
+        if not isinstance(rng, dict) or "torch_manual_seed" not in rng:
+            raise ValueError(f"{rng_file.name} does not hold random-number-generator states")
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            # accelerate skips an unreadable RNG file with a log message; a resumed run would then
-            # differ from an uninterrupted one, so read it first (the same safe way) to refuse it.
-            rng = accelerate_load(rng_file)
-            if not isinstance(rng, dict) or "torch_manual_seed" not in rng:
-                raise ValueError(f"{rng_file.name} does not hold random-number-generator states")
             accelerator.load_state(str(directory))
         progress = json.loads((directory / PROGRESS_FILE).read_text(encoding="utf-8"))
         if not isinstance(progress, dict) or not {"epoch", "chunk", "global_step", "lr"} <= set(progress):
@@ -218,18 +244,11 @@ def load_checkpoint(accelerator: Accelerator, directory: Path, device, hidden_sh
         raise CharlmError(f"refusing to load checkpoint {directory}: a file in it holds pickled objects other than "
                           f"tensors, which could run code; {fix}") from None
     except Exception as err:  # each reader raises its own kind of error for a truncated or foreign file
-        raise CharlmError(f"cannot load checkpoint {directory} ({_first_line(err)}); {fix}") from None
+        raise CharlmError(f"cannot load checkpoint {directory} ({error_reason(err)}); {fix}") from None
     if hidden_shape is not None and tuple(hidden[0].shape) != tuple(hidden_shape):
         raise CharlmError(f"checkpoint {directory} was saved with another train.batch_size or model size (hidden state "
                           f"{tuple(hidden[0].shape)}, this run {tuple(hidden_shape)}); resume with the same config")
     return progress, hidden
-
-
-def _first_line(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def drop_later_records(metrics: Path, step: int) -> None:
@@ -255,24 +274,119 @@ def _record_step(line: str) -> float:
 # ------------------------------------------------------------------------------ the run
 
 
-def prepare_output_dir(output_dir: Path, resume: bool) -> None:
-    """Fail before any work if the output directory is unusable."""
+def prepare_output_dir(output_dir: Path, resume: bool, needed_bytes: int = 0) -> None:
+    """Fail before any work if the output directory is unusable: not writable, or too little free
+    space for ``needed_bytes`` (the checkpoints and exports the run will keep)."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise CharlmError(f"output directory {output_dir} is a file; choose another --output-dir")
     if output_dir.exists() and any(output_dir.iterdir()) and not resume:
         raise CharlmError(
             f"output directory {output_dir} already holds files; pass --resume to continue that run "
             "or choose another --output-dir"
         )
+    existing = next(p for p in (output_dir, *output_dir.parents) if p.exists())
+    free = shutil.disk_usage(existing).free if existing.is_dir() else None
+    if free is not None and free < needed_bytes:
+        raise CharlmError(
+            f"not enough free space for {output_dir}: its checkpoints and exported model need about "
+            f"{needed_bytes / 1e6:,.1f} MB, {free / 1e6:,.1f} MB are free; free some space, lower "
+            "train.keep_checkpoints or choose another --output-dir"
+        )
+    created = not output_dir.exists()
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe = output_dir / ".write-test"
         probe.write_bytes(b"0" * 4096)
         probe.unlink()
     except OSError as err:
+        if created and output_dir.is_dir() and not any(output_dir.iterdir()):
+            output_dir.rmdir()
         raise CharlmError(f"cannot write to output directory {output_dir} ({err.strerror}); choose another --output-dir") from None
 
 
+def state_bytes(model: torch.nn.Module, tc: TrainConfig) -> tuple[int, int]:
+    """Approximate sizes of (an exported model, a checkpoint): the weights, and the weights with the
+    optimizer's per-parameter buffers (Adam: two; SGD: one with momentum, else none)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    slots = 2 if tc.optimizer in ("adam", "adamw") else int(tc.momentum > 0)
+    return weights, weights * (1 + slots) + (1 << 16)
+
+
+class StopRequest:
+    """SIGINT / SIGTERM while training: remember the signal; the loop saves and stops after the
+    current update. A second SIGINT a second or more later (a deliberate second Ctrl-C) stops at
+    once, without saving; a signal repeated sooner (a launcher forwarding it) counts as the first."""
+
+    def __init__(self):
+        self.signum = 0
+        self._at = 0.0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if not self.signum:
+            self.signum, self._at = signum, time.monotonic()
+        elif signum == signal.SIGINT and time.monotonic() - self._at > 1.0:
+            raise KeyboardInterrupt
+
+
+def _agree(accelerator: Accelerator, value: int, reduce: str) -> int:
+    """``value`` combined over all processes (``max`` or ``min``); itself with a single process."""
+    if accelerator.num_processes == 1:
+        return value
+    values = accelerator.gather(torch.tensor([value], dtype=torch.long, device=accelerator.device))
+    return int(values.max() if reduce == "max" else values.min())
+
+
+def _on_main_process(accelerator: Accelerator, work) -> None:
+    """Run ``work()`` on the main process; a CharlmError there is raised on every process."""
+    message = None
+    if accelerator.is_main_process:
+        try:
+            work()
+        except CharlmError as err:
+            message = str(err)
+    if accelerator.num_processes > 1:
+        box = [message]
+        broadcast_object_list(box)
+        message = box[0]
+    if message is not None:
+        raise CharlmError(message)
+
+
+def _first_non_finite(recent: list[tuple[int, torch.Tensor]], accelerator: Accelerator) -> int:
+    """The first update among ``recent`` (update, loss) pairs whose loss is NaN or infinite, 0 if
+    none; the same on every process. Empties ``recent``."""
+    never = 2**62
+    bad = never
+    if recent:
+        finite = torch.isfinite(torch.stack([loss.float() for _, loss in recent]))  # [n]
+        if not bool(finite.all()):
+            bad = recent[int((~finite).nonzero()[0, 0])][0]
+    recent.clear()
+    bad = _agree(accelerator, bad, "min")
+    return 0 if bad == never else bad
+
+
+def _safe_exp(x: float) -> float:
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
 def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Train a model; returns a summary (best validation perplexity, steps, seconds)."""
+    """Train a model; returns a summary (best validation perplexity, steps, seconds, and
+    ``stopped_by``: the number of the signal that stopped the run early, else 0)."""
     tc = config.train
     output_dir = Path(output_dir)
     accelerator = Accelerator(
@@ -280,11 +394,9 @@ def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resum
         gradient_accumulation_steps=tc.gradient_accumulation_steps,
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
     )
-    if accelerator.is_main_process:
-        prepare_output_dir(output_dir, resume)
-    accelerator.wait_for_everyone()
     set_seed(tc.seed)  # the same seed everywhere: identical initial weights on every process
 
+    # Everything that reads input comes first, so a bad corpus or config leaves no output folder.
     vocab, splits, _ = load_corpus(data_dir)
     model_config = dataclasses.replace(
         config.model,
@@ -304,6 +416,19 @@ def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resum
     chunks_per_epoch = stream.num_chunks - stream.num_chunks % tc.gradient_accumulation_steps
     updates_per_epoch = chunks_per_epoch // tc.gradient_accumulation_steps
 
+    def check_output_dir() -> None:
+        # Then the output folder, before any training: writable, room for what the run keeps
+        # (checkpoints plus the one being written, best/ and its replacement), tidied after a crash.
+        model_bytes, checkpoint_bytes = state_bytes(raw_model, tc)
+        have = len(complete_checkpoints(output_dir)) if resume and output_dir.is_dir() else 0
+        needed = max(tc.keep_checkpoints + 1 - have, 1) * checkpoint_bytes + 2 * model_bytes
+        prepare_output_dir(output_dir, resume, needed)
+        recover_checkpoints(output_dir)
+        recover_export(output_dir / BEST_DIR)
+
+    _on_main_process(accelerator, check_output_dir)
+    accelerator.wait_for_everyone()
+
     progress: dict[str, Any] = {
         "epoch": 0,  # completed epochs
         "chunk": 0,  # chunks done in the current epoch
@@ -317,12 +442,13 @@ def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resum
     hidden = raw_model.init_hidden(tc.batch_size)
     checkpoints = complete_checkpoints(output_dir) if resume else []
     if checkpoints:
-        progress, hidden = load_checkpoint(accelerator, checkpoints[-1], accelerator.device)
+        progress, hidden = load_checkpoint(accelerator, checkpoints[-1], accelerator.device, hidden[0].shape)
         if accelerator.is_main_process:
             print(f"resuming from {checkpoints[-1]} (epoch {progress['epoch'] + 1}, update {progress['global_step']})")
             drop_later_records(output_dir / METRICS_FILE, progress["global_step"])
     elif resume and accelerator.is_main_process:
         print(f"no complete checkpoint in {output_dir / CHECKPOINTS_DIR}; starting from scratch")
+        drop_later_records(output_dir / METRICS_FILE, 0)  # records of a run killed before its first state
     for group in optimizer.param_groups:
         group["lr"] = progress["lr"]
 
@@ -336,113 +462,158 @@ def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resum
             f"  {accelerator.num_processes} process(es) on {accelerator.device}, precision "
             f"{accelerator.mixed_precision} | {rows} rows x {tc.seq_len} steps = {rows * tc.seq_len:,} tokens per "
             f"chunk, {tc.gradient_accumulation_steps} chunk(s) per update | {updates_per_epoch:,} updates per "
-            f"epoch, {tc.max_epochs} epochs" + (f", at most {tc.max_steps} updates" if tc.max_steps else "")
+            f"epoch, {tc.max_epochs} epochs" + (f", at most {tc.max_steps} updates" if tc.max_steps else ""),
+            flush=True,
         )
+
+    # Losses of the chunks since the last finiteness check: (update, loss), checked every log_every
+    # updates and before anything is saved, so a NaN never reaches a checkpoint or best/.
+    recent: list[tuple[int, torch.Tensor]] = []
+
+    def check_finite(epoch: int, weights: bool = False) -> None:
+        bad = _first_non_finite(recent, accelerator)
+        bad_weights = non_finite(raw_model.state_dict()) if weights and not bad else []
+        if bad or bad_weights:
+            newest = complete_checkpoints(output_dir)
+            kept = f"the last good state is {newest[-1]}" if newest else "no state was saved before it"
+            what = (f"training loss became non-finite at update {bad}" if bad else
+                    f"model weights became non-finite by update {progress['global_step']}")
+            raise CharlmError(f"{what} (epoch {epoch}); stopped without saving it, {kept}; lower train.lr "
+                              "or set train.grad_clip and train again")
+
+    def checkpoint(epoch: int) -> None:
+        check_finite(epoch, weights=True)
+        save_checkpoint(accelerator, output_dir, progress, hidden, tc.keep_checkpoints)
 
     start_time = time.time()
     cut_short = False
-    while progress["epoch"] < tc.max_epochs and not cut_short:
-        epoch = progress["epoch"] + 1
-        epoch_start = time.time()
-        if progress["chunk"] == 0:
-            hidden = raw_model.init_hidden(tc.batch_size)  # a new pass over the text starts fresh
-        model.train()
-        bar = tqdm(total=chunks_per_epoch, initial=progress["chunk"], desc=f"epoch {epoch}/{tc.max_epochs}",
-                   unit="chunk", disable=not accelerator.is_local_main_process, dynamic_ncols=True,
-                   mininterval=1.0)
-        # This process's summed NLL over the chunks trained since the last checkpoint.
-        nll_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-        train_start = time.time()
-        for k in range(progress["chunk"], chunks_per_epoch):
-            inputs, targets = (t.to(accelerator.device) for t in stream.chunk(k))
-            with accelerator.accumulate(model):
-                nll, hidden = model(inputs, hidden, targets)  # [B, T] per-token losses
-                loss = sequence_loss(nll)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and tc.grad_clip > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad()
-            hidden = detach_hidden(hidden)
-            nll_sum += loss.detach().double() * tc.batch_size  # summed over the chunk's B*T tokens
-            progress["chunk"] = k + 1
-            bar.update(1)
-            if not accelerator.sync_gradients:
-                continue
-            progress["global_step"] += 1
-            step = progress["global_step"]
-            if step % tc.log_every == 0 or k + 1 == chunks_per_epoch:
-                done_tokens = (k + 1) * tc.batch_size * tc.seq_len
-                mean_nll = (progress["epoch_nll"][accelerator.process_index] + float(nll_sum)) / done_tokens
-                if not math.isfinite(mean_nll):
-                    raise CharlmError(
-                        f"training loss became non-finite at update {step} (epoch {epoch}); the last good state is "
-                        f"in {output_dir / CHECKPOINTS_DIR}: lower train.lr or train.grad_clip and --resume"
-                    )
-                elapsed = progress["epoch_train_seconds"] + time.time() - train_start
-                bar.set_postfix(ppl=f"{math.exp(min(mean_nll, 50)):.1f}", lr=f"{progress['lr']:g}",
-                                tok_s=f"{(k + 1) * rows * tc.seq_len / max(elapsed, 1e-9):,.0f}", refresh=False)
-            cut_short = bool(tc.max_steps) and step >= tc.max_steps
-            if cut_short:
+    stopped_by = 0  # the signal (SIGINT, SIGTERM) that stopped the run, agreed by every process
+    stop = StopRequest()
+    with stop:
+        while progress["epoch"] < tc.max_epochs and not cut_short and not stopped_by:
+            epoch = progress["epoch"] + 1
+            epoch_start = time.time()
+            if progress["chunk"] == 0:
+                hidden = raw_model.init_hidden(tc.batch_size)  # a new pass over the text starts fresh
+            model.train()
+            bar = tqdm(total=chunks_per_epoch, initial=progress["chunk"], desc=f"epoch {epoch}/{tc.max_epochs}",
+                       unit="chunk", disable=not accelerator.is_local_main_process, dynamic_ncols=True,
+                       mininterval=1.0)
+            # This process's summed NLL over the chunks trained since the last checkpoint.
+            nll_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+            train_start = time.time()
+            try:
+                for k in range(progress["chunk"], chunks_per_epoch):
+                    inputs, targets = (t.to(accelerator.device) for t in stream.chunk(k))
+                    with accelerator.accumulate(model):
+                        nll, hidden = model(inputs, hidden, targets)  # [B, T] per-token losses
+                        loss = sequence_loss(nll)
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and tc.grad_clip > 0:
+                            accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                        optimizer.step()
+                        optimizer.zero_grad()
+                    hidden = detach_hidden(hidden)
+                    nll_sum += loss.detach().double() * tc.batch_size  # summed over the chunk's B*T tokens
+                    recent.append((progress["global_step"] + 1, loss.detach()))
+                    progress["chunk"] = k + 1
+                    bar.update(1)
+                    if not accelerator.sync_gradients:
+                        continue
+                    progress["global_step"] += 1
+                    step = progress["global_step"]
+                    if step % tc.log_every == 0 or k + 1 == chunks_per_epoch:
+                        check_finite(epoch)
+                        done_tokens = (k + 1) * tc.batch_size * tc.seq_len
+                        mean_nll = (progress["epoch_nll"][accelerator.process_index] + float(nll_sum)) / done_tokens
+                        elapsed = progress["epoch_train_seconds"] + time.time() - train_start
+                        bar.set_postfix(ppl=f"{math.exp(min(mean_nll, 50)):.1f}", lr=f"{progress['lr']:g}",
+                                        tok_s=f"{(k + 1) * rows * tc.seq_len / max(elapsed, 1e-9):,.0f}", refresh=False)
+                    cut_short = bool(tc.max_steps) and step >= tc.max_steps
+                    if cut_short:
+                        break
+                    if k + 1 == chunks_per_epoch:
+                        break  # a stop asked for now happens after the end-of-epoch work, with its state
+                    # With several processes the stop request is agreed on every STOP_CHECK_EVERY updates.
+                    if accelerator.num_processes == 1 or step % STOP_CHECK_EVERY == 0:
+                        stopped_by = _agree(accelerator, stop.signum, "max")
+                    if stopped_by or (tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0):
+                        _fold_counters(progress, nll_sum, train_start, accelerator)
+                        nll_sum.zero_()
+                        train_start = time.time()
+                        checkpoint(epoch)
+                    if stopped_by:
+                        break
+            finally:
+                bar.close()  # also on an error: the message then starts on a line of its own
+            if stopped_by:
                 break
-            if tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0 and k + 1 < chunks_per_epoch:
-                _fold_counters(progress, nll_sum, train_start, accelerator)
-                nll_sum.zero_()
-                train_start = time.time()
-                save_checkpoint(accelerator, output_dir, progress, hidden, tc.keep_checkpoints)
-        bar.close()
-        _fold_counters(progress, nll_sum, train_start, accelerator)
+            _fold_counters(progress, nll_sum, train_start, accelerator)
+            check_finite(epoch, weights=True)  # before validating and exporting
 
-        # ---- end of the epoch (or of a run cut short by max_steps): validate, export, record
-        train_tokens = progress["chunk"] * rows * tc.seq_len
-        train_ppl = math.exp(sum(progress["epoch_nll"]) / max(train_tokens, 1))
-        valid_ppl = score_stream(raw_model, splits["valid"], vocab.eos_id, tc.eval_chunk_len,
-                                 progress=accelerator.is_local_main_process).perplexity
-        if not math.isfinite(valid_ppl):
-            raise CharlmError(f"validation perplexity is not finite in epoch {epoch}; nothing exported. Lower train.lr")
-        record = {
-            "epoch": round(progress["epoch"] + progress["chunk"] / chunks_per_epoch, 4) if cut_short else epoch,
-            "step": progress["global_step"],
-            "lr": progress["lr"],
-            "train_ppl": round(train_ppl, 3),
-            "valid_ppl": round(valid_ppl, 3),
-            "tokens_per_sec": round(train_tokens / max(progress["epoch_train_seconds"], 1e-9), 1),
-            "seconds": round(time.time() - epoch_start, 1),
-        }
-        improved = valid_ppl < progress["best_valid"]
-        progress["best_valid"] = min(progress["best_valid"], valid_ppl)
-        if accelerator.is_main_process:
-            if improved:
-                export_model(raw_model, vocab, output_dir / BEST_DIR,
-                             extra={"train": dataclasses.asdict(tc), "valid_ppl": valid_ppl, "epoch": record["epoch"]})
-            with open(output_dir / METRICS_FILE, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            tqdm.write(
-                f"epoch {record['epoch']}: train ppl {train_ppl:.2f} | valid ppl {valid_ppl:.2f}"
-                f"{' (best)' if improved else ''} | lr {progress['lr']:g} | {record['tokens_per_sec']:,.0f} tok/s | "
-                f"{record['seconds']:.0f} s"
-            )
-        if not cut_short:  # a completed epoch: the learning-rate rule, then a fresh epoch
-            progress["valid_history"].append(valid_ppl)
-            if should_decay(progress["valid_history"], tc):
-                progress["lr"] *= tc.lr_decay
-                for group in optimizer.param_groups:
-                    group["lr"] = progress["lr"]
-            progress.update(epoch=epoch, chunk=0, epoch_nll=[0.0] * accelerator.num_processes,
-                            epoch_train_seconds=0.0)
-            if tc.min_lr and progress["lr"] < tc.min_lr:
-                cut_short = True
-        save_checkpoint(accelerator, output_dir, progress, hidden, tc.keep_checkpoints)
+            # ---- end of the epoch (or of a run cut short by max_steps): validate, export, record
+            train_tokens = progress["chunk"] * rows * tc.seq_len
+            train_ppl = _safe_exp(sum(progress["epoch_nll"]) / max(train_tokens, 1))
+            valid_ppl = score_stream(raw_model, splits["valid"], vocab.eos_id, tc.eval_chunk_len,
+                                     progress=accelerator.is_local_main_process).perplexity
+            if not math.isfinite(valid_ppl):
+                raise CharlmError(f"validation perplexity is not finite in epoch {epoch}; nothing exported. "
+                                  "Lower train.lr")
+            record = {
+                "epoch": round(progress["epoch"] + progress["chunk"] / chunks_per_epoch, 4) if cut_short else epoch,
+                "step": progress["global_step"],
+                "lr": progress["lr"],
+                "train_ppl": round(train_ppl, 3),
+                "valid_ppl": round(valid_ppl, 3),
+                "tokens_per_sec": round(train_tokens / max(progress["epoch_train_seconds"], 1e-9), 1),
+                "seconds": round(time.time() - epoch_start, 1),
+            }
+            improved = valid_ppl < progress["best_valid"]
+            progress["best_valid"] = min(progress["best_valid"], valid_ppl)
+            if accelerator.is_main_process:
+                if improved:
+                    export_model(raw_model, vocab, output_dir / BEST_DIR, extra={
+                        "train": dataclasses.asdict(tc), "valid_ppl": valid_ppl, "epoch": record["epoch"]})
+                try:
+                    with open(output_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(record) + "\n")
+                except OSError as err:
+                    raise CharlmError(f"could not write {output_dir / METRICS_FILE} ({err.strerror}); is the disk "
+                                      "full? free some space and run again with --resume") from None
+                tqdm.write(
+                    f"epoch {record['epoch']}: train ppl {train_ppl:.2f} | valid ppl {valid_ppl:.2f}"
+                    f"{' (best)' if improved else ''} | lr {progress['lr']:g} | "
+                    f"{record['tokens_per_sec']:,.0f} tok/s | {record['seconds']:.0f} s"
+                )
+            if not cut_short:  # a completed epoch: the learning-rate rule, then a fresh epoch
+                progress["valid_history"].append(valid_ppl)
+                if should_decay(progress["valid_history"], tc):
+                    progress["lr"] *= tc.lr_decay
+                    for group in optimizer.param_groups:
+                        group["lr"] = progress["lr"]
+                progress.update(epoch=epoch, chunk=0, epoch_nll=[0.0] * accelerator.num_processes,
+                                epoch_train_seconds=0.0)
+                if tc.min_lr and progress["lr"] < tc.min_lr:
+                    cut_short = True
+            checkpoint(epoch)
+            if progress["epoch"] < tc.max_epochs and not cut_short:  # more to do: honour a stop request now
+                stopped_by = _agree(accelerator, stop.signum, "max")
 
     summary = {
         "best_valid_ppl": progress["best_valid"],
         "updates": progress["global_step"],
         "seconds": round(time.time() - start_time, 1),
         "output_dir": str(output_dir),
+        "stopped_by": stopped_by,
     }
     if accelerator.is_main_process:
-        _write_plot(output_dir)
-        print(f"done: best valid ppl {summary['best_valid_ppl']:.2f}; model exported to {output_dir / BEST_DIR}")
+        if stopped_by:
+            print(f"stopped by {signal.Signals(stopped_by).name} after update {progress['global_step']}; state "
+                  f"saved in {complete_checkpoints(output_dir)[-1]}; to continue, run the same command with --resume",
+                  file=sys.stderr, flush=True)
+        else:
+            _write_plot(output_dir)
+            print(f"done: best valid ppl {summary['best_valid_ppl']:.2f}; model exported to {output_dir / BEST_DIR}")
     accelerator.end_training()
     return summary
 
@@ -478,6 +649,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit status: 0 when done; 128 + the signal's number when SIGINT (130) or SIGTERM (143) stopped
+    the run after saving a resumable state, as a shell reports a process killed by that signal."""
     config = load_config(args.config, args.overrides)
-    train(config, args.data_dir, args.output_dir, resume=args.resume)
-    return 0
+    summary = train(config, args.data_dir, args.output_dir, resume=args.resume)
+    return 128 + summary["stopped_by"] if summary["stopped_by"] else 0
