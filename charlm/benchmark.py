@@ -41,6 +41,7 @@ from torch import nn
 from charlm.config import ModelConfig, load_config
 from charlm.corpus import load_corpus
 from charlm.model import CharLM
+from charlm.generate import SamplingOptions, sample
 from charlm.scoring import score_stream
 from charlm.vocab import PAD_CHAR
 
@@ -194,13 +195,20 @@ def benchmark_config(name: str, vocab, splits, args) -> dict:
     start = time.perf_counter()
     score = score_stream(charlm_model, test, vocab.eos_id)
     charlm_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    score_bf16 = score_stream(charlm_model, test, vocab.eos_id, bf16=True)
+    bf16_seconds = time.perf_counter() - start
     result["eval"] = {
         "tokens": n,
         "plain_seconds": round(plain_seconds, 2),
         "charlm_seconds": round(charlm_seconds, 2),
+        "charlm_bf16_seconds": round(bf16_seconds, 2),
         "plain_ppl": round(math.exp(plain_nll / n), 4),
         "charlm_ppl": round(score.perplexity, 4),
+        "charlm_bf16_ppl": round(score_bf16.perplexity, 4),
     }
+    samples = sample(charlm_model, vocab, "", SamplingOptions(num_samples=1, max_words=200, seed=0))
+    result["generate_ms_per_word"] = round(samples.ms_per_word, 2)
     return result
 
 
@@ -255,8 +263,11 @@ def main(argv: list[str] | None = None) -> int:
             epoch_min = len(splits["train"]) / v / 60
             print(f"  {k:<14} {v:>9,} {v / base:>8.2f}x {100 * v * train_flops / peak:>16.0f}% {epoch_min:>8.1f} min")
         e = r["eval"]
-        print(f"  exact test perplexity ({e['tokens']:,} tokens): plain {e['plain_seconds']:.2f} s (ppl {e['plain_ppl']}), "
-              f"charlm {e['charlm_seconds']:.2f} s (ppl {e['charlm_ppl']}): {e['plain_seconds'] / e['charlm_seconds']:.1f}x")
+        print(f"  exact test perplexity ({e['tokens']:,} tokens, untrained weights): plain {e['plain_seconds']:.2f} s "
+              f"(ppl {e['plain_ppl']}), charlm {e['charlm_seconds']:.2f} s (ppl {e['charlm_ppl']}, "
+              f"{e['plain_seconds'] / e['charlm_seconds']:.1f}x), charlm --bf16 {e['charlm_bf16_seconds']:.2f} s "
+              f"(ppl {e['charlm_bf16_ppl']}, {e['plain_seconds'] / e['charlm_bf16_seconds']:.1f}x)")
+        print(f"  generation: {r['generate_ms_per_word']:.2f} ms per word (one sample of 200 words)")
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(f"\npeak resident memory: {results['peak_rss_mb']} MB")
     if args.json:

@@ -80,25 +80,10 @@ def load_checkpoint(directory: str | Path, device: str = DEFAULTS.device) -> tup
 
 def read_text_lines(path: str | Path) -> list[str]:
     """The non-blank lines of a UTF-8 text file, split as ``charlm prepare`` splits them (so a
-    file scores the same as the prepared split made from it). Missing, undecodable or empty files
-    are one-line errors."""
-    from data_prep.sources import text_lines
+    file scores the same as the prepared split made from it); one-line errors otherwise."""
+    from data_prep.sources import read_text_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise CharlmError(f"text file {path} not found")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")  # -sig: a leading byte-order mark is dropped
-    except UnicodeDecodeError as err:
-        raise CharlmError(
-            f"{path} is not UTF-8 (invalid byte 0x{data[err.start]:02x} at offset {err.start}); convert it, "
-            "e.g. `iconv -f latin1 -t utf-8`"
-        ) from None
-    lines = text_lines(text)
-    if not lines:
-        raise CharlmError(f"{path} is empty (or only whitespace): there is nothing to read")
-    return lines
+    return read_text_file(path, flag="--text-file")
 
 
 def text_file_ids(vocab: Vocabulary, path: str | Path) -> np.ndarray:

@@ -50,14 +50,18 @@ def text_lines(text: str) -> list[str]:
     return [line for line in text.split("\n") if line.strip()]
 
 
-def read_text_file(path: str | os.PathLike, split: str) -> list[str]:
-    """The non-blank lines of a UTF-8 file; CharlmError if missing, not UTF-8 or empty."""
+def read_text_file(path: str | os.PathLike, split: str | None = None, flag: str | None = None) -> list[str]:
+    """The non-blank lines of a UTF-8 file; CharlmError if missing, not UTF-8 or empty.
+
+    ``split`` names the corpus split the file is for (messages then name ``--{split}-file``);
+    other callers name their option with ``flag`` (e.g. ``--text-file``).
+    """
     path = Path(path)
-    flag = f"--{split}-file"
+    flag = flag or f"--{split}-file"
     if not path.exists():
-        raise CharlmError(f"{flag} {path} does not exist")
+        raise CharlmError(f"{flag} {path} does not exist (not found)")
     if not path.is_file():
-        raise CharlmError(f"{flag} {path} is not a file")
+        raise CharlmError(f"{flag} {path} is not a file (not found)")
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")  # -sig: a leading byte-order mark is dropped
@@ -69,7 +73,8 @@ def read_text_file(path: str | os.PathLike, split: str) -> list[str]:
         ) from None
     lines = text_lines(text)
     if not lines:
-        raise CharlmError(f"the {split} split is empty: {path} holds no text (only whitespace)")
+        what = f"the {split} split is empty: " if split else ""
+        raise CharlmError(f"{what}{path} is empty: it holds no text (only whitespace)")
     return lines
 
 

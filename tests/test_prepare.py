@@ -142,8 +142,8 @@ def test_local_json_carved_by_fraction(shared_data: Path, tmp_path: Path):
         dataset=str(source), text_column="line", pre_tokenizer="punctuation", valid_fraction=0.1
     )
     first = prepare(tmp_path / "a", **options)
-    second = prepare(tmp_path / "b", **options)
-    other_seed = prepare(tmp_path / "c", **options, split_seed=1)
+    prepare(tmp_path / "b", **options)
+    prepare(tmp_path / "c", **options, split_seed=1)
     assert first["carved_splits"] == ["valid", "test"]
     non_blank = sum(1 for line in lines if line.strip())
     assert sum(first["splits"][split]["lines"] for split in first["splits"]) == non_blank

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import prepare_grammar_corpus
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -48,17 +49,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONWAR
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("reliability")
-    rng = np.random.default_rng(0)
-    adjectives, nouns = ["big", "small", "red", "blue"], ["cat", "dog", "bird", "fox", "cow"]
-    verbs, places = ["sat", "ran", "slept", "walked"], ["mat", "park", "home", "barn"]
-    for split, n in (("train", 200), ("valid", 20), ("test", 20)):
-        lines = [f"the {rng.choice(adjectives)} {rng.choice(nouns)} {rng.choice(verbs)} on the {rng.choice(places)}"
-                 for _ in range(n)]
-        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    out = root / "prepared"
-    assert main(["prepare", "--train-file", str(root / "train.txt"), "--valid-file", str(root / "valid.txt"),
-                 "--test-file", str(root / "test.txt"), "--output-dir", str(out)]) == 0
-    return out
+    return prepare_grammar_corpus(root, 200, 20)
 
 
 def train_args(corpus: Path, output_dir: Path, *extra: str) -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import prepare_grammar_corpus
 import torch
 from safetensors.torch import load_file
 
@@ -70,20 +71,9 @@ def test_config_overrides_and_unknown_keys(tmp_path):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """A small prepared corpus from the tiny-shakespeare-like synthetic text."""
+    """A small prepared corpus of sentences from a tiny grammar."""
     root = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(0)
-    # Sentences from a small grammar: learnable structure, so perplexity must fall.
-    adjectives, nouns = ["big", "small", "red", "blue"], ["cat", "dog", "bird", "fox", "cow"]
-    verbs, places = ["sat", "ran", "slept", "walked"], ["mat", "park", "home", "barn"]
-    for split, n in (("train", 400), ("valid", 40), ("test", 40)):
-        lines = [f"the {rng.choice(adjectives)} {rng.choice(nouns)} {rng.choice(verbs)} on the {rng.choice(places)}"
-                 for _ in range(n)]
-        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    out = root / "prepared"
-    assert main(["prepare", "--train-file", str(root / "train.txt"), "--valid-file", str(root / "valid.txt"),
-                 "--test-file", str(root / "test.txt"), "--output-dir", str(out)]) == 0
-    return out
+    return prepare_grammar_corpus(root, 400, 40)
 
 
 def run_train(corpus, output_dir, *overrides, resume=False):
