@@ -5,7 +5,7 @@ with the LSTM state carried from the first token to the last: the batch-size-1 n
 mean of per-batch perplexities. The stream is scored as if it followed an end-of-sentence, so every
 token is predicted (``tokens == len(ids)``).
 
-It is still fast: the character encoder runs once per vocabulary word (not once per token), the
+It is still fast: the character encoder runs once per distinct word (not once per token), the
 LSTM runs over long chunks (one call per ``chunk_len`` tokens, state carried between calls), and
 the softmax is applied to a whole chunk at once. None of this changes the numbers.
 """
@@ -43,7 +43,12 @@ class StreamScore:
 @torch.inference_mode()
 def vocabulary_embeddings(model: CharLM) -> torch.Tensor:
     """Input vectors of every vocabulary word ``[V, input_size]``, computed once (eval mode)."""
-    words = torch.arange(model.config.vocab_size, device=model.decoder.weight.device)
+    return word_embeddings(model, torch.arange(model.config.vocab_size, device=model.decoder.weight.device))
+
+
+@torch.inference_mode()
+def word_embeddings(model: CharLM, words: torch.Tensor) -> torch.Tensor:
+    """Input vectors ``[len(words), input_size]`` of the given word ids, in pieces of 4096 words."""
     return torch.cat([model.embed(part) for part in words.split(4096)])
 
 
@@ -75,7 +80,9 @@ def _score_stream(model, ids, start_id, chunk_len, per_token, progress) -> Strea
     device = model.decoder.weight.device
     targets = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=device)  # [n]
     inputs = torch.cat([targets.new_tensor([start_id]), targets[:-1]])  # [n], shifted right
-    table = vocabulary_embeddings(model)  # [V, D]
+    # The char-CNN and highway layers run once per distinct word of the stream.
+    distinct, inputs = torch.unique(inputs, return_inverse=True)  # [U], [n] indices into distinct
+    table = word_embeddings(model, distinct)  # [U, D]
     hidden = model.init_hidden(1)
     total = torch.zeros((), dtype=torch.float64, device=device)
     logprobs = []

@@ -26,13 +26,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import charlm.checkpoint
+import charlm.state
 import charlm.train
 from charlm.checkpoint import export_model, load_model, recover_export
 from charlm.cli import main
 from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.model import CharLM
-from charlm.train import COMPLETE_MARKER, complete_checkpoints, recover_checkpoints
+from charlm.state import COMPLETE_MARKER, complete_checkpoints, recover_checkpoints
 from helpers_model import assert_one_line_error, run_cli, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -276,7 +277,7 @@ def test_export_refuses_nan_weights(corpus, tmp_path):
 
 def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_state(corpus, tmp_path, monkeypatch,
                                                                                 capsys):
-    real_save = charlm.train.save_file
+    real_save = charlm.state.save_file
     calls = {"n": 0}
 
     def full_on_third_save(tensors, path):
@@ -285,7 +286,7 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_state(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
         return real_save(tensors, path)
 
-    monkeypatch.setattr(charlm.train, "save_file", full_on_third_save)
+    monkeypatch.setattr(charlm.state, "save_file", full_on_third_save)
     output_dir = tmp_path / "run"
     line = error_line(*run_cli(capsys, *train_args(corpus, output_dir))[::2])
     assert "No space left on device" in line and "step-000000004" in line and "--resume" in line
