@@ -154,3 +154,12 @@ def test_two_processes_equal_one_process_with_twice_the_batch(corpus, tmp_path):
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_gradient_accumulation_counts_updates(corpus, tmp_path):
+    """Two chunks per update: half the updates per epoch, and every epoch ends on an update."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_train(corpus, one, "train.max_epochs=1") == 0
+    assert run_train(corpus, two, "train.max_epochs=1", "train.gradient_accumulation_steps=2") == 0
+    step = lambda d: json.loads((d / "metrics.jsonl").read_text().splitlines()[-1])["step"]  # noqa: E731
+    assert step(two) == step(one) // 2
