@@ -117,7 +117,7 @@ def train_stepper(model: nn.Module, batches: list[torch.Tensor], fused: bool, bf
     def step(i: int) -> None:
         data = batches[i % len(batches)]
         x, y = data[:, :-1], data[:, 1:]
-        h = hidden[0] or tuple(t.new_zeros(t.shape) for t in _zeros(model, x.size(0)))
+        h = hidden[0] or _zeros(model, x.size(0))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             if fused:
                 nll, h = model(x, h, y)

@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import charlm
-from charlm.config import ModelConfig, model_config_from_json, save_json
+from charlm.config import model_config_from_json, save_json
 from charlm.errors import CharlmError
 from charlm.model import CharLM
 from charlm.vocab import Vocabulary
@@ -153,6 +153,3 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
         raise CharlmError(f"{weights} does not match {directory / CONFIG_FILE}: {first}") from None
     return model.to(device).eval(), vocab
 
-
-def read_config(directory: str | Path) -> ModelConfig:
-    return model_config_from_json(Path(directory) / CONFIG_FILE)

@@ -34,10 +34,15 @@ class StreamScore:
 
     @property
     def perplexity(self) -> float:
-        try:
-            return math.exp(self.nll / max(self.tokens, 1))
-        except OverflowError:  # a diverged model: report infinity, not a traceback
-            return math.inf
+        return safe_exp(self.nll / max(self.tokens, 1))
+
+
+def safe_exp(x: float) -> float:
+    """``exp(x)``, or infinity where it overflows (a diverged model: a number, not a traceback)."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
 
 
 @torch.inference_mode()

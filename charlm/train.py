@@ -51,7 +51,7 @@ from charlm.config import RunConfig, TrainConfig, describe_fields, load_config, 
 from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.model import CharLM, detach_hidden
-from charlm.scoring import score_stream
+from charlm.scoring import safe_exp, score_stream
 from charlm.state import (
     BEST_DIR,
     CHECKPOINTS_DIR,
@@ -178,12 +178,6 @@ def _first_non_finite(recent: list[tuple[int, torch.Tensor]], accelerator: Accel
     bad = _agree(accelerator, bad, "min")
     return 0 if bad == never else bad
 
-
-def _safe_exp(x: float) -> float:
-    try:
-        return math.exp(x)
-    except OverflowError:
-        return math.inf
 
 
 def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resume: bool = False) -> dict[str, Any]:
@@ -355,7 +349,7 @@ def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resum
 
             # ---- end of the epoch (or of a run cut short by max_steps): validate, export, record
             train_tokens = progress["chunk"] * rows * tc.seq_len
-            train_ppl = _safe_exp(sum(progress["epoch_nll"]) / max(train_tokens, 1))
+            train_ppl = safe_exp(sum(progress["epoch_nll"]) / max(train_tokens, 1))
             valid_ppl = score_stream(raw_model, splits["valid"], vocab.eos_id, tc.eval_chunk_len,
                                      progress=accelerator.is_local_main_process).perplexity
             if not math.isfinite(valid_ppl):

@@ -31,14 +31,12 @@ def plain_gradients(model, words, targets):
 
 def plain_grad_of(plain, name):
     """The gradient of the plain model's parameter that corresponds to charlm's ``name``."""
-    d = 12
     if name.startswith("highway.layers."):
         i, kind = int(name.split(".")[2]), name.split(".")[-1]
         t = getattr(plain.transforms[i], kind).grad
         g = getattr(plain.gates[i], kind).grad
         return torch.cat([t, g]) if t.dim() == 1 else torch.cat([t, g], dim=0)
     mapped = name.replace("char_cnn.embedding", "embedding").replace("char_cnn.convs", "convs")
-    del d
     return dict(plain.named_parameters())[mapped].grad
 
 
