@@ -193,7 +193,10 @@ def benchmark_config(name: str, vocab, splits, args) -> dict:
     plain_nll, n = plain_stream_score(plain_model_copy(plain_model, charlm_model), test, vocab.eos_id)
     plain_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    score = score_stream(charlm_model, test, vocab.eos_id)
+    score_sequential = score_stream(charlm_model, test, vocab.eos_id, pipeline=False)
+    sequential_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    score = score_stream(charlm_model, test, vocab.eos_id)  # layers pipelined where threads > 1
     charlm_seconds = time.perf_counter() - start
     start = time.perf_counter()
     score_bf16 = score_stream(charlm_model, test, vocab.eos_id, bf16=True)
@@ -201,9 +204,11 @@ def benchmark_config(name: str, vocab, splits, args) -> dict:
     result["eval"] = {
         "tokens": n,
         "plain_seconds": round(plain_seconds, 2),
+        "charlm_sequential_seconds": round(sequential_seconds, 2),
         "charlm_seconds": round(charlm_seconds, 2),
         "charlm_bf16_seconds": round(bf16_seconds, 2),
         "plain_ppl": round(math.exp(plain_nll / n), 4),
+        "charlm_sequential_ppl": round(score_sequential.perplexity, 4),
         "charlm_ppl": round(score.perplexity, 4),
         "charlm_bf16_ppl": round(score_bf16.perplexity, 4),
     }
@@ -264,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {k:<14} {v:>9,} {v / base:>8.2f}x {100 * v * train_flops / peak:>16.0f}% {epoch_min:>8.1f} min")
         e = r["eval"]
         print(f"  exact test perplexity ({e['tokens']:,} tokens, untrained weights): plain {e['plain_seconds']:.2f} s "
-              f"(ppl {e['plain_ppl']}), charlm {e['charlm_seconds']:.2f} s (ppl {e['charlm_ppl']}, "
+              f"(ppl {e['plain_ppl']}), charlm without pipelining {e['charlm_sequential_seconds']:.2f} s "
+              f"(ppl {e['charlm_sequential_ppl']}), charlm {e['charlm_seconds']:.2f} s (ppl {e['charlm_ppl']}, "
               f"{e['plain_seconds'] / e['charlm_seconds']:.1f}x), charlm --bf16 {e['charlm_bf16_seconds']:.2f} s "
               f"(ppl {e['charlm_bf16_ppl']}, {e['plain_seconds'] / e['charlm_bf16_seconds']:.1f}x)")
         print(f"  generation: {r['generate_ms_per_word']:.2f} ms per word (one sample of 200 words)")

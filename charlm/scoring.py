@@ -7,17 +7,21 @@ token is predicted (``tokens == len(ids)``).
 
 It is still fast: the character encoder runs once per distinct word (not once per token), the
 LSTM runs over long chunks (one call per ``chunk_len`` tokens, state carried between calls), and
-the softmax is applied to a whole chunk at once. None of this changes the numbers.
+the softmax is applied to a whole chunk at once. On a CPU with several threads the LSTM layers and
+the softmax of consecutive chunks also run side by side (see :func:`_pipelined_logprobs`). None of
+this changes the numbers.
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from charlm.model import CharLM
@@ -57,7 +61,6 @@ def word_embeddings(model: CharLM, words: torch.Tensor) -> torch.Tensor:
     return torch.cat([model.embed(part) for part in words.split(4096)])
 
 
-@torch.inference_mode()
 def score_stream(
     model: CharLM,
     ids: np.ndarray | torch.Tensor,
@@ -66,6 +69,7 @@ def score_stream(
     per_token: bool = False,
     progress: bool = False,
     bf16: bool = False,
+    pipeline: bool | None = None,
 ) -> StreamScore:
     """Score ``ids`` (a 1-D stream of word ids) with the state carried across the whole stream.
 
@@ -73,36 +77,118 @@ def score_stream(
     in eval mode (no dropout) and restored to its previous mode afterwards. ``bf16`` runs the
     matrix products under bfloat16 autocast (the softmax stays float32): about twice as fast on
     CPUs with bf16 support, and not bit-exact (the README reports the difference).
+
+    ``pipeline`` (default: on a CPU with two or more threads) runs the LSTM layers and the softmax
+    of consecutive chunks side by side on different threads; see :func:`_pipelined_outputs`.
+    Same computation, same number up to float rounding.
     """
     device = model.decoder.weight.device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        return _score_stream(model, ids, start_id, chunk_len, per_token, progress)
-
-
-def _score_stream(model, ids, start_id, chunk_len, per_token, progress) -> StreamScore:
+    if pipeline is None:
+        pipeline = device.type == "cpu" and torch.get_num_threads() > 1
     was_training = model.training
     model.eval()
+    try:
+        return _score_stream(model, ids, start_id, chunk_len, per_token, progress, bf16, pipeline)
+    finally:
+        model.train(was_training)
+
+
+def _score_stream(model, ids, start_id, chunk_len, per_token, progress, bf16, pipeline) -> StreamScore:
     device = model.decoder.weight.device
     targets = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=device)  # [n]
     inputs = torch.cat([targets.new_tensor([start_id]), targets[:-1]])  # [n], shifted right
-    # The char-CNN and highway layers run once per distinct word of the stream.
-    distinct, inputs = torch.unique(inputs, return_inverse=True)  # [U], [n] indices into distinct
-    table = word_embeddings(model, distinct)  # [U, D]
-    hidden = model.init_hidden(1)
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    logprobs = []
-    starts = range(0, targets.numel(), chunk_len)
-    for start in tqdm(starts, desc="scoring", unit="chunk", disable=not progress, leave=False):
-        x = table[inputs[start : start + chunk_len]].unsqueeze(0)  # [1, T, D]
-        logits, hidden = model.forward_embedded(x, hidden)  # [1, T, V]
-        y = targets[start : start + chunk_len]
-        token_lp = -F.cross_entropy(logits[0].float(), y, reduction="none")  # [T]
-        total += -token_lp.double().sum()
-        if per_token:
-            logprobs.append(token_lp.cpu())
-    model.train(was_training)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        # The char-CNN and highway layers run once per distinct word of the stream.
+        distinct, inputs = torch.unique(inputs, return_inverse=True)  # [U], [n] indices into distinct
+        table = word_embeddings(model, distinct)  # [U, D]
+    chunks = [
+        (table[inputs[start : start + chunk_len]].unsqueeze(0), targets[start : start + chunk_len])
+        for start in range(0, targets.numel(), chunk_len)
+    ]  # ([1, T, D] inputs, [T] targets) per chunk
+
+    def token_logprobs(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """LSTM outputs ``[T, H]`` -> log-probability of each target ``[T]`` (float32)."""
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return -F.cross_entropy(model.decoder(output).float(), y, reduction="none")
+
+    bar = tqdm(total=len(chunks), desc="scoring", unit="chunk", disable=not progress, leave=False)
+    if pipeline:
+        pieces = _pipelined_logprobs(model, chunks, token_logprobs, bf16, bar)
+    else:
+        pieces = []
+        hidden = model.init_hidden(1)
+        for x, y in chunks:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                output, hidden = model.lstm(x, hidden)  # [1, T, H]
+            pieces.append(token_logprobs(output[0], y))
+            bar.update()
+    bar.close()
+    total = sum(float(p.double().sum()) for p in pieces)  # in stream order: deterministic
     return StreamScore(
-        nll=float(total),
+        nll=-total,
         tokens=int(targets.numel()),
-        logprobs=torch.cat(logprobs).numpy() if per_token else None,
+        logprobs=torch.cat(pieces).cpu().numpy() if per_token else None,
     )
+
+
+def _pipelined_logprobs(model, chunks, token_logprobs, bf16, bar) -> list[torch.Tensor]:
+    """Token log-probabilities of every chunk, with layers and softmax running side by side.
+
+    Scoring one stream is sequential in time, but not across layers: while LSTM layer 1 reads chunk
+    ``k``, layer 2 can already read chunk ``k - 1`` (layer 1 finished it a step earlier) and the
+    softmax chunk ``k - 2``. At step ``s`` layer ``i`` runs chunk ``s - i`` and the softmax, cut
+    into pieces, runs chunk ``s - L``; these tasks share no data, so they run on a pool of
+    single-threaded workers (torch releases the GIL inside its ops) and meet at the end of the
+    step. On a CPU the batch-1 recurrence barely uses a second thread, so this runs the recurrence of
+    each layer on its own core (its weights stay in that core's cache) and fills the gaps with the
+    softmax.
+    """
+    layers = split_lstm_layers(model.lstm)
+    num_layers, workers = len(layers), torch.get_num_threads()
+    device = model.decoder.weight.device
+    h0, c0 = model.init_hidden(1)
+    states = [(h0[i : i + 1], c0[i : i + 1]) for i in range(num_layers)]
+    outputs: dict[tuple[int, int], torch.Tensor] = {}  # (layer, chunk) -> [1, T, H], until read
+    results: dict[tuple[int, int], torch.Tensor] = {}  # (chunk, piece) -> [T / pieces]
+
+    def run_layer(i: int, k: int) -> None:
+        x = chunks[k][0] if i == 0 else outputs.pop((i - 1, k))
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            outputs[i, k], states[i] = layers[i](x, states[i])
+
+    def run_softmax(k: int, piece: int, rows: slice) -> None:
+        results[k, piece] = token_logprobs(outputs[num_layers - 1, k][0, rows], chunks[k][1][rows])
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread per task; the pool provides the parallelism
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for step in range(len(chunks) + num_layers):
+                tasks = [pool.submit(run_layer, i, step - i) for i in range(num_layers)
+                         if 0 <= step - i < len(chunks)]
+                k = step - num_layers
+                if k >= 0:
+                    length = chunks[k][1].numel()
+                    cuts = np.linspace(0, length, 2 * workers + 1).astype(int)
+                    tasks += [pool.submit(run_softmax, k, j, slice(a, b))
+                              for j, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])) if b > a]
+                for task in tasks:
+                    task.result()  # re-raises a worker's error here
+                if k >= 0:
+                    del outputs[num_layers - 1, k]
+                    bar.update()
+    finally:
+        torch.set_num_threads(previous_threads)
+    return [results[key] for key in sorted(results)]
+
+
+def split_lstm_layers(lstm: nn.LSTM) -> list[nn.LSTM]:
+    """One single-layer ``nn.LSTM`` per layer of ``lstm``, sharing its parameters (eval use only)."""
+    layers = []
+    for i in range(lstm.num_layers):
+        layer = nn.LSTM(lstm.input_size if i == 0 else lstm.hidden_size, lstm.hidden_size, 1,
+                        bias=lstm.bias, batch_first=lstm.batch_first, device="meta")
+        for name in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if lstm.bias else ()):
+            setattr(layer, f"{name}_l0", getattr(lstm, f"{name}_l{i}"))
+        layers.append(layer)
+    return layers

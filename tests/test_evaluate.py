@@ -39,13 +39,35 @@ def test_batched_scoring_equals_token_by_token_loop(trained, loaded):
     ids = np.asarray(load_corpus(trained.data_dir)[1]["test"], dtype=np.int64)
     expected = token_by_token_perplexity(model, ids, vocab.eos_id)
     for chunk_len in (1, 7, 2048):
-        got = score_stream(model, ids, vocab.eos_id, chunk_len=chunk_len).perplexity
-        assert got == pytest.approx(expected, rel=1e-4)
+        for pipeline in (False, True):
+            got = score_stream(model, ids, vocab.eos_id, chunk_len=chunk_len, pipeline=pipeline).perplexity
+            assert got == pytest.approx(expected, rel=1e-4)
     result = perplexity(model, vocab, ids, chunk_len=50)
     assert result["perplexity"] == pytest.approx(expected, rel=1e-4)
     assert result["tokens"] == len(ids)
     assert result["perplexity"] == pytest.approx(math.exp(result["nll"] / result["tokens"]))
     assert 1.0 < result["perplexity"] < len(vocab)  # trained: better than uniform
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_pipelined_scoring_equals_sequential_scoring(layers):
+    """Layers and softmax of consecutive chunks on a thread pool: the same log-probabilities."""
+    from charlm.config import ModelConfig
+    from charlm.model import CharLM
+
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=300, char_vocab_size=30, max_word_length=7, kernel_widths=[1, 2],
+                         num_filters=[8, 16], hidden_size=32, lstm_layers=layers)
+    model = CharLM(config, torch.randint(4, 30, (300, 7))).train()
+    ids = np.random.default_rng(0).integers(0, 300, 1000)
+    threads = torch.get_num_threads()
+    sequential = score_stream(model, ids, 1, chunk_len=64, per_token=True, pipeline=False)
+    pipelined = score_stream(model, ids, 1, chunk_len=64, per_token=True, pipeline=True)
+    np.testing.assert_allclose(pipelined.logprobs, sequential.logprobs, rtol=1e-5, atol=1e-6)
+    assert pipelined.tokens == sequential.tokens == len(ids)
+    assert pipelined.perplexity == pytest.approx(sequential.perplexity, rel=1e-6)
+    assert torch.get_num_threads() == threads  # the pool's one-thread setting is undone
+    assert model.training  # the mode is restored too
 
 
 def test_text_file_counts_unknown_words_and_matches_the_prepared_split(trained, loaded, capsys):
