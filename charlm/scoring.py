@@ -14,6 +14,7 @@ this changes the numbers.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ def score_stream(
     CPUs with bf16 support, and not bit-exact (the README reports the difference).
 
     ``pipeline`` (default: on a CPU with two or more threads) runs the LSTM layers and the softmax
-    of consecutive chunks side by side on different threads; see :func:`_pipelined_outputs`.
+    of consecutive chunks side by side on different threads; see :func:`_pipelined_logprobs`.
     Same computation, same number up to float rounding.
     """
     device = model.decoder.weight.device
@@ -93,22 +94,29 @@ def score_stream(
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def _inference(device: torch.device, bf16: bool):
+    """No autograd, and bf16 autocast if asked. Both are per thread: every pipeline task enters it."""
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        yield
+
+
 def _score_stream(model, ids, start_id, chunk_len, per_token, progress, bf16, pipeline) -> StreamScore:
     device = model.decoder.weight.device
     targets = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=device)  # [n]
     inputs = torch.cat([targets.new_tensor([start_id]), targets[:-1]])  # [n], shifted right
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    with _inference(device, bf16):
         # The char-CNN and highway layers run once per distinct word of the stream.
         distinct, inputs = torch.unique(inputs, return_inverse=True)  # [U], [n] indices into distinct
         table = word_embeddings(model, distinct)  # [U, D]
-    chunks = [
-        (table[inputs[start : start + chunk_len]].unsqueeze(0), targets[start : start + chunk_len])
-        for start in range(0, targets.numel(), chunk_len)
-    ]  # ([1, T, D] inputs, [T] targets) per chunk
+        chunks = [
+            (table[inputs[start : start + chunk_len]].unsqueeze(0), targets[start : start + chunk_len])
+            for start in range(0, targets.numel(), chunk_len)
+        ]  # ([1, T, D] inputs, [T] targets) per chunk
 
     def token_logprobs(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """LSTM outputs ``[T, H]`` -> log-probability of each target ``[T]`` (float32)."""
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with _inference(device, bf16):
             return -F.cross_entropy(model.decoder(output).float(), y, reduction="none")
 
     bar = tqdm(total=len(chunks), desc="scoring", unit="chunk", disable=not progress, leave=False)
@@ -118,7 +126,7 @@ def _score_stream(model, ids, start_id, chunk_len, per_token, progress, bf16, pi
         pieces = []
         hidden = model.init_hidden(1)
         for x, y in chunks:
-            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with _inference(device, bf16):
                 output, hidden = model.lstm(x, hidden)  # [1, T, H]
             pieces.append(token_logprobs(output[0], y))
             bar.update()
@@ -153,7 +161,7 @@ def _pipelined_logprobs(model, chunks, token_logprobs, bf16, bar) -> list[torch.
 
     def run_layer(i: int, k: int) -> None:
         x = chunks[k][0] if i == 0 else outputs.pop((i - 1, k))
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with _inference(device, bf16):
             outputs[i, k], states[i] = layers[i](x, states[i])
 
     def run_softmax(k: int, piece: int, rows: slice) -> None:

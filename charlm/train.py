@@ -179,7 +179,6 @@ def _first_non_finite(recent: list[tuple[int, torch.Tensor]], accelerator: Accel
     return 0 if bad == never else bad
 
 
-
 def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resume: bool = False) -> dict[str, Any]:
     """Train a model; returns a summary (best validation perplexity, steps, seconds, and
     ``stopped_by``: the number of the signal that stopped the run early, else 0)."""
