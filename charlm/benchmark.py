@@ -19,6 +19,11 @@ It prints tokens/s, the speed-up ratios, the achieved fraction of this machine's
 rate (measured in the same run), the peak resident memory, and the implied time per PTB epoch.
 Timings are medians over repeats, interleaved between implementations so that noise from other
 processes on the machine hits them alike.
+
+Like the ``charlm`` commands, the benchmark first applies :func:`charlm.memory.keep_freed_memory`
+(no page faults for memory freed by the previous step). The setting is process-wide, so the plain
+reference gets it too and the ratios measure the code alone; ``--default-allocator`` leaves glibc's
+defaults, to measure what the setting is worth.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from charlm.config import ModelConfig, load_config
 from charlm.corpus import load_corpus
 from charlm.model import CharLM
 from charlm.generate import SamplingOptions, sample
+from charlm.memory import keep_freed_memory
 from charlm.scoring import score_stream
 from charlm.vocab import PAD_CHAR
 
@@ -243,13 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--eval-tokens", type=int, default=0, help="score only the first N test tokens (0: all)")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's malloc settings alone (the charlm commands apply memory.keep_freed_memory)")
     args = parser.parse_args(argv)
+    allocator = "glibc defaults" if args.default_allocator else f"freed memory kept: {keep_freed_memory()}"
 
     vocab, splits, _ = load_corpus(args.data_dir)
     machine = {
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "allocator": allocator,
         "matmul_gflops_fp32": round(matmul_rate(torch.float32) / 1e9, 1),
         "matmul_gflops_bf16": round(matmul_rate(torch.bfloat16) / 1e9, 1),
     }

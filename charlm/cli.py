@@ -17,6 +17,7 @@ import importlib
 import sys
 
 from charlm.errors import CharlmError
+from charlm.memory import keep_freed_memory
 
 # subcommand -> (module, one-line description). Modules are imported lazily so that
 # ``charlm prepare --help`` does not pay for importing torch's training stack.
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    keep_freed_memory()  # reuse freed tensors' memory instead of faulting in fresh pages (memory.py)
     try:
         return int(args._run(args) or 0)
     except CharlmError as err:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from charlm.config import ModelConfig
-from charlm.ops import linear_cross_entropy
+from charlm.ops import Dropout, linear_cross_entropy
 from charlm.vocab import PAD_CHAR
 
 ACTIVATION_FUNCTIONS = {
@@ -49,11 +49,35 @@ class CharCNN(nn.Module):
         # chars: [N, L] character ids -> [N, sum(filters)]
         if chars.size(1) < self.max_width:  # a spelling shorter than the widest filter
             chars = F.pad(chars, (0, self.max_width - chars.size(1)), value=PAD_CHAR)
-        x = self.embedding(chars).transpose(1, 2)  # [N, E, L]
+        x = self.embedding(chars)  # [N, L, E]
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            conv_outputs = self.convolve_as_matmuls(x.to(torch.get_autocast_dtype("cpu")))
+        else:
+            x = x.transpose(1, 2)  # [N, E, L]
+            conv_outputs = [conv(x).transpose(1, 2) for conv in self.convs]
         # max over positions, then tanh: the same as tanh then max (tanh is increasing), but the
         # tanh runs on [N, filters] instead of [N, filters, positions].
-        features = [conv(x).max(dim=2).values for conv in self.convs]  # each [N, filters_w]
+        features = [y.max(dim=1).values for y in conv_outputs]  # each [N, filters_w]
         return torch.tanh(torch.cat(features, dim=1))
+
+    def convolve_as_matmuls(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The convolutions as one matrix product per width over the spelling's windows.
+
+        ``[N, L, E]`` -> per width w ``[N, L - w + 1, filters_w]``, the numbers ``Conv1d``
+        computes. Used under CPU bfloat16 autocast, where oneDNN's bf16 convolution backward is
+        slow: this way forward and backward together take about 30% less time (in fp32 the
+        convolution is faster and is kept). The caller casts ``x`` to bf16 first, so that the
+        windows are copied at half the size.
+        """
+        outputs = []
+        for conv in self.convs:
+            width = conv.kernel_size[0]
+            windows = x.unfold(1, width, 1)  # [N, P, E, w], P = L - w + 1 positions
+            n, positions = windows.shape[:2]
+            weight = conv.weight.reshape(conv.out_channels, -1)  # [filters, E * w], same order
+            y = F.linear(windows.reshape(n * positions, -1), weight, conv.bias)
+            outputs.append(y.view(n, positions, -1))
+        return outputs
 
 
 class Highway(nn.Module):
@@ -140,7 +164,7 @@ class CharLM(nn.Module):
             dropout=config.dropout if config.lstm_layers > 1 else 0.0,  # between LSTM layers
             batch_first=True,
         )
-        self.output_dropout = nn.Dropout(config.dropout)  # before the softmax
+        self.output_dropout = Dropout(config.dropout)  # before the softmax
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
         self.reset_parameters()
 

@@ -81,3 +81,37 @@ def test_word_models_have_no_char_path():
     config = dataclasses.replace(tiny_config(), input="word", word_embed_dim=8, highway="none")
     model = CharLM(config)
     assert model.char_cnn is None and not hasattr(model, "spellings")
+
+
+def test_benchmark_runs_and_its_two_evaluations_agree(tmp_path):
+    # The benchmark on the tiny config: it must run end to end, and the plain reference and
+    # charlm's scoring of the same weights must give the same exact perplexity.
+    import json
+
+    from charlm.benchmark import main
+    from conftest import prepare_grammar_corpus
+
+    data = prepare_grammar_corpus(tmp_path, 200, 20)
+    out = tmp_path / "bench.json"
+    assert main(["--data-dir", str(data), "--configs", "tiny", "--warmup", "1", "--steps", "1",
+                 "--repeats", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["machine"]["allocator"].startswith("freed memory kept")
+    (config,) = result["configs"]
+    assert set(config["train_tokens_per_sec"]) == {"plain fp32", "charlm fp32", "charlm bf16"}
+    assert all(v > 0 for v in config["train_tokens_per_sec"].values())
+    e = config["eval"]
+    assert abs(e["charlm_ppl"] - e["plain_ppl"]) / e["plain_ppl"] < 1e-5
+    assert e["charlm_sequential_ppl"] == e["charlm_ppl"]  # pipelined and sequential: bit-identical
+    assert config["generate_ms_per_word"] > 0
+
+
+def test_keep_freed_memory_is_accepted_by_glibc():
+    import platform
+
+    from charlm.memory import keep_freed_memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the setting exists only in glibc")
+    assert keep_freed_memory() is True
+    assert keep_freed_memory() is True  # applied once, cached

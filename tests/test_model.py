@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from charlm.config import ModelConfig, load_config
 from charlm.model import CharCNN, CharLM, Highway
+from charlm.ops import Dropout
 from charlm.vocab import PAD_CHAR
 
 
@@ -97,6 +98,49 @@ def test_char_cnn_is_max_over_positions_of_tanh_conv():
         manual.append(torch.tanh((window.unsqueeze(1) * conv.weight).sum((2, 3)) + conv.bias))
     expected = torch.stack(manual, dim=2).amax(dim=2)
     torch.testing.assert_close(cnn(chars), expected)
+
+
+def test_convolutions_as_matmuls_equal_conv1d_outputs_and_gradients():
+    # The CPU bf16 path computes every width's convolution as a product over unfolded windows:
+    # in fp32 it must give Conv1d's outputs and gradients.
+    torch.manual_seed(0)
+    cnn = CharCNN(char_vocab_size=12, embed_dim=4, widths=[1, 2, 3], filters=[3, 4, 5])
+    x = torch.randn(6, 7, 4)  # [N, L, E]
+    grads = []
+    for outputs in (cnn.convolve_as_matmuls(x), [conv(x.transpose(1, 2)).transpose(1, 2) for conv in cnn.convs]):
+        cnn.zero_grad()
+        assert [y.shape[1] for y in outputs] == [7, 6, 5]
+        sum((y * torch.arange(y.numel()).view_as(y).sin()).sum() for y in outputs).backward()
+        grads.append(([y.detach() for y in outputs], [p.grad.clone() for p in cnn.convs.parameters()]))
+    for got, want in zip(grads[0][0] + grads[0][1], grads[1][0] + grads[1][1]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_char_cnn_under_bf16_autocast_is_close_to_fp32():
+    torch.manual_seed(0)
+    cnn = CharCNN(char_vocab_size=12, embed_dim=4, widths=[1, 2, 3], filters=[3, 4, 5])
+    chars = random_spellings()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = cnn(chars)
+    torch.testing.assert_close(low.float(), cnn(chars), rtol=0.02, atol=0.02)
+
+
+def test_dropout_mask_rate_scale_and_gradient():
+    torch.manual_seed(0)
+    dropout = Dropout(0.3)
+    x = torch.ones(200, 500, requires_grad=True)
+    y = dropout(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01  # 100,000 draws: sd 0.0015
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # gradient is the same mask and scale
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert dropout(x.bfloat16()).dtype == torch.bfloat16
+    dropout.eval()
+    assert dropout(x) is x
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0)
 
 
 def test_unique_word_encoding_equals_per_token_encoding():
