@@ -52,6 +52,7 @@ from charlm.scoring import score_stream
 from charlm.vocab import PAD_CHAR
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+IMPLEMENTATIONS = ("plain fp32", "charlm fp32", "charlm bf16")
 
 
 class PlainCharLM(nn.Module):
@@ -177,10 +178,11 @@ def benchmark_config(name: str, vocab, splits, args) -> dict:
     plain_model = PlainCharLM(config, spellings)
     batches = make_batches(splits["train"], 8, args.batch_size, args.seq_len)
     steppers = {
-        "plain fp32": train_stepper(plain_model, batches, fused=False, bf16=False),
-        "charlm fp32": train_stepper(charlm_model, batches, fused=True, bf16=False),
-        "charlm bf16": train_stepper(CharLM(config, spellings), batches, fused=True, bf16=True),
+        "plain fp32": lambda: train_stepper(plain_model, batches, fused=False, bf16=False),
+        "charlm fp32": lambda: train_stepper(charlm_model, batches, fused=True, bf16=False),
+        "charlm bf16": lambda: train_stepper(CharLM(config, spellings), batches, fused=True, bf16=True),
     }
+    steppers = {k: make() for k, make in steppers.items() if k in args.implementations}
     for step in steppers.values():  # warm-up
         for i in range(args.warmup):
             step(i)
@@ -192,6 +194,8 @@ def benchmark_config(name: str, vocab, splits, args) -> dict:
     result = {"config": name, "parameters": charlm_model.num_parameters(), "flops_per_token_fwd": flops_per_token(config)}
     train_tok_s = {k: tokens / statistics.median(v) for k, v in samples.items()}
     result["train_tokens_per_sec"] = {k: round(v) for k, v in train_tok_s.items()}
+    if args.train_only:
+        return result
 
     # Exact full-stream evaluation, both ways, on the test split.
     test = splits["test"][: args.eval_tokens] if args.eval_tokens else splits["test"]
@@ -248,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation per round")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--eval-tokens", type=int, default=0, help="score only the first N test tokens (0: all)")
+    parser.add_argument("--implementations", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS,
+                        metavar="NAME", help=f"training steps to time, of: {', '.join(map(repr, IMPLEMENTATIONS))}")
+    parser.add_argument("--train-only", action="store_true", help="time the training steps only (no evaluation, no generation)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's malloc settings alone (the charlm commands apply memory.keep_freed_memory)")
@@ -269,14 +276,16 @@ def main(argv: list[str] | None = None) -> int:
         r = benchmark_config(name, vocab, splits, args)
         results["configs"].append(r)
         tps = r["train_tokens_per_sec"]
-        base = tps["plain fp32"]
         train_flops = 3 * r["flops_per_token_fwd"]
         print(f"\n{name} ({r['parameters']:,} parameters, {r['flops_per_token_fwd'] / 1e6:.1f} MFLOP/token forward)")
         print(f"  {'training step':<14} {'tokens/s':>9} {'vs plain':>9} {'% of matmul peak':>17} {'PTB epoch':>10}")
         for k, v in tps.items():
             peak = machine["matmul_gflops_bf16" if "bf16" in k else "matmul_gflops_fp32"] * 1e9
             epoch_min = len(splits["train"]) / v / 60
-            print(f"  {k:<14} {v:>9,} {v / base:>8.2f}x {100 * v * train_flops / peak:>16.0f}% {epoch_min:>8.1f} min")
+            ratio = f"{v / tps['plain fp32']:.2f}x" if "plain fp32" in tps else "-"
+            print(f"  {k:<14} {v:>9,} {ratio:>9} {100 * v * train_flops / peak:>16.0f}% {epoch_min:>8.1f} min")
+        if args.train_only:
+            continue
         e = r["eval"]
         print(f"  exact test perplexity ({e['tokens']:,} tokens, untrained weights): plain {e['plain_seconds']:.2f} s "
               f"(ppl {e['plain_ppl']}), charlm without pipelining {e['charlm_sequential_seconds']:.2f} s "
