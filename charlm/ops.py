@@ -3,12 +3,11 @@
 * :func:`linear_cross_entropy`: ``cross_entropy(h @ W.T + b, targets)`` in one autograd node;
 * :class:`Dropout`: ``nn.Dropout`` with the mask drawn by ``torch.rand`` instead of ``bernoulli_``.
 
-The fused softmax output layer.
-
-The usual way (a Linear, then ``F.cross_entropy``) writes the logits ``[N, V]``, reads them for
-log-softmax, writes a gradient of the same size filled with zeros and scattered, reads it again
-for the log-softmax backward, and only then multiplies by the weights. With a 10,000-word
-vocabulary those elementwise passes cost as much time on a CPU as the matrix products.
+The fused softmax output layer. The usual way (a Linear, then ``F.cross_entropy``) writes the
+logits ``[N, V]``, reads them for log-softmax, writes a gradient of the same size filled with
+zeros and scattered, reads it again for the log-softmax backward, and only then multiplies by the
+weights. With a 10,000-word vocabulary those elementwise passes cost as much time on a CPU as
+the matrix products.
 
 Here the forward pass computes the loss and, in the same sweep over each block of rows, the
 gradient of the loss with respect to the logits, ``softmax(logits) - onehot(target)``, which it
@@ -82,8 +81,9 @@ class Dropout(nn.Module):
     """``nn.Dropout`` (inverted dropout: zero with probability p, scale the rest by 1 / (1 - p)).
 
     On a CPU the keep-mask is ``torch.rand(...) >= p``: PyTorch's ``bernoulli_`` draws there one
-    number at a time, about 4x slower for the ``[20, 35, 300]`` output of a training step. The
-    distribution of masks is the same; the draws for a given seed are not those of ``nn.Dropout``.
+    number at a time. For the ``[20, 35, 300]`` output of a training step, one thread: 1.7 ms
+    against 5.0 ms for ``F.dropout``. The distribution of masks is the same; the draws for a given
+    seed are not those of ``nn.Dropout``. (The dropout between LSTM layers is ``nn.LSTM``'s own.)
     """
 
     def __init__(self, p: float):
