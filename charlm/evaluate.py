@@ -13,6 +13,10 @@ it; the others wait (:func:`main_process_only`, used by every "use a model" comm
 state over the whole stream is what makes the number exact, so the stream cannot be split between
 processes without changing it.
 
+``--columns N`` is the one exception, an approximation that must be asked for: the stream is cut
+into N consecutive pieces scored side by side as a batch, each piece after the first warmed up on
+the ``--warmup`` tokens before it (:func:`charlm.scoring.score_columns`). The output says so.
+
 This module also holds the input helpers the other "use a model" commands share: the device, the
 model directory, and reading a text file or a prepared split.
 """
@@ -36,7 +40,7 @@ from charlm.checkpoint import load_model
 from charlm.errors import CharlmError
 from charlm.model import CharLM
 from charlm.plots import atomic_open, check_output_path
-from charlm.scoring import score_stream
+from charlm.scoring import score_columns, score_stream
 from charlm.vocab import Vocabulary
 
 SPLITS = ("test", "valid", "train")
@@ -50,6 +54,10 @@ class EvalDefaults:
     """Which split of a prepared corpus to score."""
     chunk_len: int = 2048
     """Tokens per LSTM call; speed only, the number does not depend on it."""
+    columns: int = 1
+    """1: the exact number. N > 1: the faster approximation of N columns scored side by side."""
+    warmup: int = 300
+    """With columns > 1: tokens each column reads, unscored, before its piece (README: difference)."""
     device: str = "cpu"
     """Where the model runs: 'cpu', 'cuda' or 'cuda:N'."""
 
@@ -164,21 +172,31 @@ def perplexity(
     per_token: bool = False,
     progress: bool = False,
     bf16: bool = False,
+    columns: int = DEFAULTS.columns,
+    warmup: int = DEFAULTS.warmup,
 ) -> dict[str, Any]:
-    """Exact full-stream perplexity of ``ids`` (word ids), with its parts.
+    """Exact full-stream perplexity of ``ids`` (word ids), with its parts; with ``columns > 1`` the
+    approximation of :func:`charlm.scoring.score_columns` instead.
 
-    Returns ``{"perplexity", "nll", "tokens", "unk", "seconds"}`` (``nll`` summed, in nats; ``unk``
-    the number of scored tokens that are ``<unk>``), plus ``"logprobs"`` (a float array, one
+    Returns ``{"perplexity", "nll", "tokens", "unk", "seconds", "exact"}`` (``nll`` summed, in nats;
+    ``unk`` the number of scored tokens that are ``<unk>``; ``exact`` false for the approximation,
+    which also adds ``"columns"`` and ``"warmup"``), plus ``"logprobs"`` (a float array, one
     natural-log probability per token) when ``per_token``.
     """
     if chunk_len < 1:
         raise CharlmError(f"chunk length must be at least 1, got {chunk_len}")
+    if columns < 1 or warmup < 0:
+        raise CharlmError(f"--columns must be at least 1 and --warmup at least 0, got {columns} and {warmup}")
     ids = np.asarray(ids, dtype=np.int64)
     if ids.ndim != 1 or ids.size == 0:
         raise CharlmError("nothing to score: the token stream is empty")
     start = time.perf_counter()
-    score = score_stream(model, ids, vocab.eos_id, chunk_len=chunk_len, per_token=per_token, progress=progress,
-                         bf16=bf16)
+    if columns == 1:
+        score = score_stream(model, ids, vocab.eos_id, chunk_len=chunk_len, per_token=per_token, progress=progress,
+                             bf16=bf16)
+    else:
+        score = score_columns(model, ids, vocab.eos_id, columns, warmup, chunk_len=chunk_len, per_token=per_token,
+                              progress=progress, bf16=bf16)
     seconds = time.perf_counter() - start
     result: dict[str, Any] = {
         "perplexity": score.perplexity,
@@ -186,7 +204,10 @@ def perplexity(
         "tokens": score.tokens,
         "unk": int(np.count_nonzero(ids == vocab.unk_id)) if vocab.unk_id is not None else 0,
         "seconds": round(seconds, 3),
+        "exact": columns == 1,
     }
+    if columns > 1:
+        result.update(columns=columns, warmup=warmup)
     if per_token:
         result["logprobs"] = score.logprobs
     return result
@@ -210,8 +231,10 @@ def write_per_token(path: str | Path, vocab: Vocabulary, ids: np.ndarray, logpro
 
 def format_result(result: dict[str, Any]) -> str:
     unk_share = result["unk"] / max(result["tokens"], 1)
+    approximate = "" if result["exact"] else (
+        f" (approximate: {result['columns']} columns, {result['warmup']} warm-up tokens each)")
     return (
-        f"perplexity {result['perplexity']:.3f} | nll {result['nll'] / max(result['tokens'], 1):.4f} nats/token | "
+        f"perplexity {result['perplexity']:.3f}{approximate} | nll {result['nll'] / max(result['tokens'], 1):.4f} nats/token | "
         f"{result['tokens']:,} tokens ({result['unk']:,} <unk>, {unk_share:.1%}) | {result['seconds']:.2f} s"
     )
 
@@ -250,18 +273,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bf16", action="store_true",
                         help="matrix products in bfloat16 (softmax in float32): faster on CPUs with bf16 "
                              "support and on GPUs, not bit-exact (see the README for the difference)")
+    parser.add_argument("--columns", type=int, default=DEFAULTS.columns, metavar="N",
+                        help="1: the exact full-stream number. N > 1: a faster approximation that scores N pieces "
+                             "of the stream side by side, each warmed up on the --warmup tokens before it")
+    parser.add_argument("--warmup", type=int, default=DEFAULTS.warmup, metavar="W",
+                        help="with --columns > 1: unscored tokens each piece reads first (capped at the piece length)")
 
 
 @main_process_only  # the number needs the whole stream in one process; see the module docstring
 def run(args: argparse.Namespace) -> int:
     if args.chunk_len < 1:
         raise CharlmError(f"--chunk-len must be at least 1, got {args.chunk_len}")
+    if args.columns < 1 or args.warmup < 0:
+        raise CharlmError(f"--columns must be at least 1 and --warmup at least 0, got {args.columns} and {args.warmup}")
     if args.per_token:
         check_output_path(args.per_token)
     model, vocab = load_checkpoint(args.checkpoint, args.device)
     ids = input_ids(vocab, args)
     result = perplexity(model, vocab, ids, args.chunk_len, per_token=bool(args.per_token),
-                        progress=sys.stderr.isatty(), bf16=args.bf16)
+                        progress=sys.stderr.isatty(), bf16=args.bf16, columns=args.columns, warmup=args.warmup)
     logprobs = result.pop("logprobs", None)
     if args.per_token:
         write_per_token(args.per_token, vocab, ids, logprobs)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from charlm.evaluate import perplexity, text_file_ids
-from charlm.scoring import score_stream
+from charlm.scoring import score_columns, score_stream
 from helpers_model import assert_one_line_error, loaded, run_cli, trained  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +68,62 @@ def test_pipelined_scoring_equals_sequential_scoring(layers):
     assert pipelined.perplexity == pytest.approx(sequential.perplexity, rel=1e-6)
     assert torch.get_num_threads() == threads  # the pool's one-thread setting is undone
     assert model.training  # the mode is restored too
+
+
+def _random_model(layers=2):
+    from charlm.config import ModelConfig
+    from charlm.model import CharLM
+
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=300, char_vocab_size=30, max_word_length=7, kernel_widths=[1, 2],
+                         num_filters=[8, 16], hidden_size=32, lstm_layers=layers)
+    return CharLM(config, torch.randint(4, 30, (300, 7)))
+
+
+@pytest.mark.parametrize("n, columns, warmup", [(1000, 4, 30), (1003, 7, 50), (999, 3, 0), (100, 4, 500)])
+def test_column_approximation_is_exact_scoring_of_each_warmed_up_piece(n, columns, warmup):
+    """Column j scores its piece exactly as a stream that starts `warmup` tokens earlier would."""
+    model = _random_model()
+    ids = np.random.default_rng(1).integers(0, 300, n)
+    exact = score_stream(model, ids, 1, chunk_len=64, per_token=True, pipeline=False)
+    approx = score_columns(model, ids, 1, columns, warmup, chunk_len=64, per_token=True)
+    assert approx.tokens == len(approx.logprobs) == n  # every token scored once
+    assert approx.nll == pytest.approx(-approx.logprobs.astype(np.float64).sum(), rel=1e-6)
+    piece = -(-n // columns)
+    w = min(warmup, piece)
+    np.testing.assert_allclose(approx.logprobs[:piece], exact.logprobs[:piece], rtol=1e-5, atol=1e-5)  # column 0
+    for start in range(piece, n, piece):
+        # the substream from start - w, read after the token before it, from a zero state
+        window = score_stream(model, ids[start - w : start + piece], int(ids[start - w - 1]), per_token=True,
+                              pipeline=False)
+        np.testing.assert_allclose(approx.logprobs[start : start + piece], window.logprobs[w:], rtol=1e-5, atol=1e-5)
+    if warmup == 0:  # a cold start: the second piece's first token sees no context at all
+        assert abs(approx.logprobs[piece] - exact.logprobs[piece]) > 1e-4
+
+
+def test_one_column_is_the_exact_number():
+    model = _random_model(layers=1)
+    ids = np.random.default_rng(2).integers(0, 300, 500)
+    exact = score_stream(model, ids, 1, chunk_len=50, per_token=True, pipeline=False)
+    one = score_columns(model, ids, 1, 1, 100, chunk_len=50, per_token=True)
+    np.testing.assert_allclose(one.logprobs, exact.logprobs, rtol=1e-6, atol=1e-6)
+
+
+def test_perplexity_columns_flag_says_it_is_approximate(trained, capsys):
+    base = ["perplexity", "--checkpoint", trained.model_dir, "--data-dir", trained.data_dir, "--split", "test"]
+    _, out_exact, _ = run_cli(capsys, *base, "--json")
+    code, out, _ = run_cli(capsys, *base, "--json", "--columns", "3", "--warmup", "20")
+    exact, approx = json.loads(out_exact), json.loads(out)
+    assert code == 0 and exact["exact"] is True and approx["exact"] is False
+    assert (approx["columns"], approx["warmup"], approx["tokens"]) == (3, 20, exact["tokens"])
+    assert approx["perplexity"] == pytest.approx(exact["perplexity"], rel=0.05)
+    code, out, _ = run_cli(capsys, *base, "--columns", "3")
+    assert code == 0 and "approximate: 3 columns, 300 warm-up tokens each" in out
+    _, out, _ = run_cli(capsys, *base)
+    assert "approximate" not in out
+    for bad in (["--columns", "0"], ["--warmup", "-1"]):
+        code, _, err = run_cli(capsys, *base, *bad)
+        assert "--columns must be at least 1" in assert_one_line_error(code, err)
 
 
 def test_text_file_counts_unknown_words_and_matches_the_prepared_split(trained, loaded, capsys):
