@@ -103,7 +103,7 @@ def test_benchmark_runs_and_its_two_evaluations_agree(tmp_path):
     e = config["eval"]
     assert abs(e["charlm_ppl"] - e["plain_ppl"]) / e["plain_ppl"] < 1e-5
     assert e["charlm_sequential_ppl"] == e["charlm_ppl"]  # pipelined and sequential: bit-identical
-    assert e["columns"] == 20 and e["charlm_columns_seconds"] > 0 and e["charlm_columns_bf16_seconds"] > 0
+    assert e["columns"] == 20 and e["charlm_columns_seconds"] >= 0 and e["charlm_columns_bf16_seconds"] >= 0  # rounded to 0.01 s
     assert config["generate_ms_per_word"] > 0
 
 
