@@ -55,7 +55,7 @@ class EvalDefaults:
     chunk_len: int = 2048
     """Tokens per LSTM call; speed only, the number does not depend on it."""
     columns: int = 1
-    """1: the exact number. N > 1: the faster approximation of N columns scored side by side."""
+    """1: the exact number. N > 1: the approximation of N columns scored side by side."""
     warmup: int = 300
     """With columns > 1: tokens each column reads, unscored, before its piece (README: difference)."""
     device: str = "cpu"
@@ -234,7 +234,8 @@ def format_result(result: dict[str, Any]) -> str:
     approximate = "" if result["exact"] else (
         f" (approximate: {result['columns']} columns, {result['warmup']} warm-up tokens each)")
     return (
-        f"perplexity {result['perplexity']:.3f}{approximate} | nll {result['nll'] / max(result['tokens'], 1):.4f} nats/token | "
+        f"perplexity {result['perplexity']:.3f}{approximate} | "
+        f"nll {result['nll'] / max(result['tokens'], 1):.4f} nats/token | "
         f"{result['tokens']:,} tokens ({result['unk']:,} <unk>, {unk_share:.1%}) | {result['seconds']:.2f} s"
     )
 
@@ -274,8 +275,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="matrix products in bfloat16 (softmax in float32): faster on CPUs with bf16 "
                              "support and on GPUs, not bit-exact (see the README for the difference)")
     parser.add_argument("--columns", type=int, default=DEFAULTS.columns, metavar="N",
-                        help="1: the exact full-stream number. N > 1: a faster approximation that scores N pieces "
-                             "of the stream side by side, each warmed up on the --warmup tokens before it")
+                        help="1: the exact full-stream number. N > 1: an approximation that scores N pieces "
+                             "of the stream side by side, each warmed up on the --warmup tokens before it (faster "
+                             "where the batch-1 recurrence is the bottleneck, e.g. GPUs; not on a 2-core CPU)")
     parser.add_argument("--warmup", type=int, default=DEFAULTS.warmup, metavar="W",
                         help="with --columns > 1: unscored tokens each piece reads first (capped at the piece length)")
 

@@ -86,12 +86,26 @@ def score_stream(
     device = model.decoder.weight.device
     if pipeline is None:
         pipeline = device.type == "cpu" and torch.get_num_threads() > 1
+    with _eval_mode(model):
+        return _score_stream(model, ids, start_id, chunk_len, per_token, progress, bf16, pipeline)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Eval mode (no dropout) for the duration; the previous mode is restored afterwards."""
     was_training = model.training
     model.eval()
     try:
-        return _score_stream(model, ids, start_id, chunk_len, per_token, progress, bf16, pipeline)
+        yield
     finally:
         model.train(was_training)
+
+
+def _token_logprobs(model: CharLM, output: torch.Tensor, y: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """LSTM outputs ``[..., H]`` -> log-probability of each target ``[...]`` (float32)."""
+    with _inference(output.device, bf16):
+        logits = model.decoder(output).float()
+        return -F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none").view(y.shape)
 
 
 @contextlib.contextmanager
@@ -115,9 +129,7 @@ def _score_stream(model, ids, start_id, chunk_len, per_token, progress, bf16, pi
         ]  # ([1, T, D] inputs, [T] targets) per chunk
 
     def token_logprobs(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """LSTM outputs ``[T, H]`` -> log-probability of each target ``[T]`` (float32)."""
-        with _inference(device, bf16):
-            return -F.cross_entropy(model.decoder(output).float(), y, reduction="none")
+        return _token_logprobs(model, output, y, bf16)
 
     bar = tqdm(total=len(chunks), desc="scoring", unit="chunk", disable=not progress, leave=False)
     if pipeline:
@@ -150,7 +162,7 @@ def score_columns(
     progress: bool = False,
     bf16: bool = False,
 ) -> StreamScore:
-    """A faster approximation of :func:`score_stream`: the stream scored as ``columns`` side by side.
+    """An approximation of :func:`score_stream`: the stream scored as ``columns`` side by side.
 
     The stream is cut into ``columns`` consecutive pieces of equal length ``L`` (the last may be
     shorter), scored as one batch::
@@ -166,15 +178,14 @@ def score_columns(
     Every token is still scored exactly once, so ``tokens`` equals :func:`score_stream`'s; only the
     state at the start of each piece differs. The README gives the measured difference; the exact
     number stays the default everywhere. ``columns=1`` is the exact computation (not pipelined).
+
+    Batching the recurrence pays where the batch-1 recurrence is the bottleneck (GPUs); on a 2-core
+    CPU it is not faster than :func:`score_stream`'s pipeline (README, Speed).
     """
     if columns < 1 or warmup < 0:
         raise ValueError(f"columns must be >= 1 and warmup >= 0, got {columns} and {warmup}")
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         return _score_columns(model, ids, start_id, columns, warmup, chunk_len, per_token, progress, bf16)
-    finally:
-        model.train(was_training)
 
 
 def _score_columns(model, ids, start_id, columns, warmup, chunk_len, per_token, progress, bf16) -> StreamScore:
@@ -204,10 +215,7 @@ def _score_columns(model, ids, start_id, columns, warmup, chunk_len, per_token, 
     for start in tqdm(range(0, piece, steps), desc="scoring", unit="chunk", disable=not progress, leave=False):
         with _inference(device, bf16):
             output, hidden = model.lstm(x[:, start : start + steps], hidden)  # [N, T, H]
-            logits = model.decoder(output).float()  # [N, T, V]
-            logprobs = -F.cross_entropy(logits.flatten(0, 1), y[:, start : start + steps].flatten(),
-                                        reduction="none").view(columns, -1)
-        pieces.append(logprobs)
+        pieces.append(_token_logprobs(model, output, y[:, start : start + steps], bf16))  # [N, T]
     logprobs = torch.cat(pieces, dim=1).flatten()[:n]  # row-major [N, L] is stream order; drop the tail
     return StreamScore(
         nll=-float(logprobs.double().sum()),
