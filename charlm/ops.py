@@ -68,12 +68,16 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     """Per-row ``-log softmax(hidden @ weight.T + bias)[target]``, as a float32 tensor ``[N]``.
 
     Under autocast the matrix products run in the autocast dtype (weights cast like a Linear's);
-    the softmax and the loss are always computed in float32.
+    the softmax and the loss are always computed in float32. Where no gradient is needed (no grad
+    mode, or no input requires one), only the loss is computed: no ``[N, V]`` gradient is kept.
     """
     if torch.is_autocast_enabled(hidden.device.type):
         dtype = torch.get_autocast_dtype(hidden.device.type)
         hidden, weight, bias = hidden.to(dtype), weight.to(dtype), bias.to(dtype)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (hidden, weight, bias))
     with torch.autocast(hidden.device.type, enabled=False):
+        if not needs_grad:
+            return _blockwise_nll(hidden, weight, bias, targets)
         return _LinearCrossEntropy.apply(hidden, weight, bias, targets)
 
 

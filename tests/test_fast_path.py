@@ -101,8 +101,8 @@ def test_benchmark_runs_and_its_two_evaluations_agree(tmp_path):
     assert set(config["train_tokens_per_sec"]) == {"plain fp32", "charlm fp32", "charlm bf16"}
     assert all(v > 0 for v in config["train_tokens_per_sec"].values())
     e = config["eval"]
-    assert abs(e["charlm_ppl"] - e["plain_ppl"]) / e["plain_ppl"] < 1e-5
-    assert e["charlm_sequential_ppl"] == e["charlm_ppl"]  # pipelined and sequential: bit-identical
+    assert abs(e["charlm_ppl"] - e["plain_ppl"]) / e["plain_ppl"] < 1e-5, e
+    assert e["charlm_sequential_ppl"] == e["charlm_ppl"], e  # pipelined and sequential: bit-identical
     assert e["columns"] == 20 and e["charlm_columns_seconds"] >= 0 and e["charlm_columns_bf16_seconds"] >= 0  # rounded to 0.01 s
     assert config["generate_ms_per_word"] > 0
 

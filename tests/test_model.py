@@ -1,5 +1,6 @@
 """The model's pieces against hand-computed values, and its behaviour at the start of training."""
 
+import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -228,6 +229,24 @@ def test_fused_softmax_layer_matches_cross_entropy(dtype):
     torch.testing.assert_close(fused, plain, **tol)
     for got, want in zip(grads, [hidden.grad, decoder.weight.grad, decoder.bias.grad]):
         torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "no input requires grad"])
+def test_fused_softmax_layer_without_gradient_gives_the_same_loss(mode):
+    # Scoring calls the fused layer where no gradient is wanted: it then only computes the loss.
+    from charlm.ops import linear_cross_entropy
+
+    torch.manual_seed(0)
+    hidden, decoder, targets = torch.randn(600, 16), torch.nn.Linear(16, 50), torch.randint(0, 50, (600,))
+    with_grad = linear_cross_entropy(hidden.requires_grad_(), decoder.weight, decoder.bias, targets)
+    hidden = hidden.detach()
+    context = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(mode)
+    if context is None:
+        decoder.requires_grad_(False)
+    with context() if context else contextlib.nullcontext():
+        without = linear_cross_entropy(hidden, decoder.weight, decoder.bias, targets)
+    assert with_grad.grad_fn is not None and without.grad_fn is None
+    torch.testing.assert_close(without, with_grad.detach(), rtol=0, atol=0)
 
 
 def test_loss_path_equals_logits_path():
