@@ -102,7 +102,9 @@ def test_benchmark_runs_and_its_two_evaluations_agree(tmp_path):
     assert all(v > 0 for v in config["train_tokens_per_sec"].values())
     e = config["eval"]
     assert abs(e["charlm_ppl"] - e["plain_ppl"]) / e["plain_ppl"] < 1e-5, e
-    assert e["charlm_sequential_ppl"] == e["charlm_ppl"], e  # pipelined and sequential: bit-identical
+    # Pipelined and sequential: the same operations, but the sequential softmax runs on two threads,
+    # which may reduce a short last block in another order (last-bit differences at most).
+    assert e["charlm_sequential_ppl"] == pytest.approx(e["charlm_ppl"], rel=1e-6), e
     assert e["columns"] == 20 and e["charlm_columns_seconds"] >= 0 and e["charlm_columns_bf16_seconds"] >= 0  # rounded to 0.01 s
     assert config["generate_ms_per_word"] > 0
 
