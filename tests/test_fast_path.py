@@ -106,6 +106,7 @@ def test_benchmark_runs_and_its_two_evaluations_agree(tmp_path):
     # which may reduce a short last block in another order (last-bit differences at most).
     assert e["charlm_sequential_ppl"] == pytest.approx(e["charlm_ppl"], rel=1e-6), e
     assert e["columns"] == 20 and e["charlm_columns_seconds"] >= 0 and e["charlm_columns_bf16_seconds"] >= 0  # rounded to 0.01 s
+    assert e["charlm_speedup"] > 0 and e["charlm_bf16_speedup"] > 0, e  # from unrounded times, never 0/0
     assert config["generate_ms_per_word"] > 0
 
 
