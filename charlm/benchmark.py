@@ -238,8 +238,8 @@ def benchmark_config(name: str, vocab, splits, args) -> dict:
         "charlm_ppl": round(scores["charlm"].perplexity, 4),
         "charlm_bf16_ppl": round(scores["bf16"].perplexity, 4),
         # From the unrounded times: a tiny corpus can score in under 5 ms, which rounds to 0.00 s.
-        "charlm_speedup": round(seconds["plain"] / seconds["charlm"], 2),
-        "charlm_bf16_speedup": round(seconds["plain"] / seconds["bf16"], 2),
+        "charlm_speedup": round(seconds["plain"] / seconds["charlm"], 4),
+        "charlm_bf16_speedup": round(seconds["plain"] / seconds["bf16"], 4),
     }
     samples = sample(charlm_model, vocab, "", SamplingOptions(num_samples=1, max_words=200, seed=0))
     result["generate_ms_per_word"] = round(samples.ms_per_word, 2)
