@@ -197,7 +197,8 @@ def test_padding_row_gets_no_gradient():
 
 
 def test_paper_configs_parameter_counts():
-    expected = {"ptb-char-small": 5.3e6, "ptb-char-large": 19.4e6, "ptb-word-small": 4.65e6, "ptb-word-large": 19.8e6}
+    expected = {"ptb-char-small": 5.3e6, "ptb-char-large": 19.4e6, "ptb-word-small": 4.65e6, "ptb-word-large": 19.8e6,
+                "ptb-char-small-highway-2": 5.86e6}
     for name, target in expected.items():
         config = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
         # PTB: 10,000 words, 50 characters + 6 reserved ids, longest word 19 + 2 markers
