@@ -80,6 +80,11 @@ class ModelConfig:
     dropout: float = 0.5
     """Dropout probability between LSTM layers and before the softmax (none on the LSTM input)."""
 
+    lstm_recurrent_bias: bool = True
+    """Two bias vectors per LSTM gate (input and recurrent, simply added), as in PyTorch's LSTM and
+    the reference Torch code: SGD moves their sum twice as fast as one bias. The paper's equations
+    have one bias per gate: false keeps the recurrent one at zero and out of training."""
+
     init_range: float = 0.05
     """Every parameter starts uniform in [-init_range, init_range] (then the character padding
     row is zeroed and highway_gate_bias is added to the gate biases)."""

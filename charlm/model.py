@@ -164,6 +164,9 @@ class CharLM(nn.Module):
             dropout=config.dropout if config.lstm_layers > 1 else 0.0,  # between LSTM layers
             batch_first=True,
         )
+        if not config.lstm_recurrent_bias:  # one bias per gate, as in the paper: bias_hh stays 0
+            for layer in range(config.lstm_layers):
+                getattr(self.lstm, f"bias_hh_l{layer}").requires_grad_(False)
         self.output_dropout = Dropout(config.dropout)  # before the softmax
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
         self.reset_parameters()
@@ -176,6 +179,9 @@ class CharLM(nn.Module):
                 p.uniform_(-r, r)
             if self.char_cnn is not None:
                 self.char_cnn.embedding.weight[PAD_CHAR].zero_()
+            if not self.config.lstm_recurrent_bias:  # zeroed after the draw: same RNG stream
+                for layer in range(self.config.lstm_layers):
+                    getattr(self.lstm, f"bias_hh_l{layer}").zero_()
             for bias in self.highway.gate_biases():
                 bias.add_(self.config.highway_gate_bias)
 
@@ -229,7 +235,8 @@ class CharLM(nn.Module):
         return nll.view_as(targets), hidden
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Trained parameters (a recurrent bias held at zero is not counted)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
 def detach_hidden(hidden: Hidden) -> Hidden:

@@ -189,6 +189,27 @@ def test_chunked_forward_with_carried_state_equals_one_pass():
     torch.testing.assert_close(torch.cat(pieces, dim=1), full)
 
 
+def test_single_lstm_bias_per_gate_stays_zero_and_keeps_the_rest_of_the_initialisation():
+    torch.manual_seed(0)
+    two = CharLM(tiny_config(), random_spellings())
+    torch.manual_seed(0)
+    one = CharLM(tiny_config(lstm_recurrent_bias=False), random_spellings())
+    recurrent = {f"lstm.bias_hh_l{k}" for k in range(2)}
+    for (name, p), (_, q) in zip(two.named_parameters(), one.named_parameters()):
+        if name in recurrent:
+            assert q.abs().max() == 0 and not q.requires_grad
+        else:  # the same draws as with two biases: the recurrent one is zeroed after its draw
+            assert torch.equal(p, q), name
+    assert two.num_parameters() - one.num_parameters() == 2 * 4 * 16
+    optimizer = torch.optim.SGD(one.parameters(), lr=1.0)
+    loss, _ = one(torch.randint(0, 30, (2, 5)), one.init_hidden(2), torch.randint(0, 30, (2, 5)))
+    loss.sum().backward()
+    torch.nn.utils.clip_grad_norm_(one.parameters(), 5.0)
+    optimizer.step()
+    assert all(one.lstm.get_parameter(name.removeprefix("lstm.")).abs().max() == 0 for name in recurrent)
+    assert one.lstm.bias_ih_l0.grad is not None and one.lstm.bias_ih_l0.grad.abs().max() > 0
+
+
 def test_padding_row_gets_no_gradient():
     model = CharLM(tiny_config(), random_spellings())
     logits, _ = model(torch.randint(0, 30, (2, 5)), model.init_hidden(2))
