@@ -164,12 +164,17 @@ class CharLM(nn.Module):
             dropout=config.dropout if config.lstm_layers > 1 else 0.0,  # between LSTM layers
             batch_first=True,
         )
-        if not config.lstm_recurrent_bias:  # one bias per gate, as in the paper: bias_hh stays 0
-            for layer in range(config.lstm_layers):
-                getattr(self.lstm, f"bias_hh_l{layer}").requires_grad_(False)
+        for bias in self.frozen_recurrent_biases():  # one bias per gate, as in the paper
+            bias.requires_grad_(False)
         self.output_dropout = Dropout(config.dropout)  # before the softmax
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
         self.reset_parameters()
+
+    def frozen_recurrent_biases(self) -> list[torch.Tensor]:
+        """The LSTM's recurrent biases, held at zero (only when model.lstm_recurrent_bias is false)."""
+        if self.config.lstm_recurrent_bias:
+            return []
+        return [getattr(self.lstm, f"bias_hh_l{layer}") for layer in range(self.config.lstm_layers)]
 
     def reset_parameters(self) -> None:
         """The reference initialisation: everything U(-r, r), padding row 0, gate bias shifted."""
@@ -179,9 +184,8 @@ class CharLM(nn.Module):
                 p.uniform_(-r, r)
             if self.char_cnn is not None:
                 self.char_cnn.embedding.weight[PAD_CHAR].zero_()
-            if not self.config.lstm_recurrent_bias:  # zeroed after the draw: same RNG stream
-                for layer in range(self.config.lstm_layers):
-                    getattr(self.lstm, f"bias_hh_l{layer}").zero_()
+            for bias in self.frozen_recurrent_biases():  # zeroed after the draw: same RNG stream
+                bias.zero_()
             for bias in self.highway.gate_biases():
                 bias.add_(self.config.highway_gate_bias)
 
