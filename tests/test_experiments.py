@@ -1,0 +1,96 @@
+"""The experiment scripts under scripts/experiments/ compute what their docstrings say."""
+
+import importlib.util
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers_model import trained  # noqa: F401 (a fixture)
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "experiments" / "reference_stale_state.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("reference_stale_state", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stale_by_hand(lstm: nn.LSTM, x, h0, c0, h_final, c_final):
+    """The reference's step-1 gradients written another way: the value uses the carried state,
+    the weight and forget-gate gradients see the final state (known beforehand here)."""
+    hs, cs, outputs = list(h0), list(c0), []
+    for t in range(x.shape[1]):
+        step_input = x[:, t]
+        for layer in range(lstm.num_layers):
+            w_hh = getattr(lstm, f"weight_hh_l{layer}")
+            if t == 0:  # value W h0, gradient for W from h_final
+                recurrent = F.linear(h_final[layer], w_hh) + F.linear(hs[layer] - h_final[layer], w_hh.detach())
+            else:
+                recurrent = F.linear(hs[layer], w_hh)
+            gates = (F.linear(step_input, getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"bias_ih_l{layer}"))
+                     + getattr(lstm, f"bias_hh_l{layer}") + recurrent)
+            i, f, g, o = gates.chunk(4, dim=-1)
+            f = torch.sigmoid(f)
+            if t == 0:  # value f * c0, gradient for f from c_final
+                carried = f * c_final[layer] + f.detach() * (cs[layer] - c_final[layer])
+            else:
+                carried = f * cs[layer]
+            cs[layer] = carried + torch.sigmoid(i) * torch.tanh(g)
+            hs[layer] = torch.sigmoid(o) * torch.tanh(cs[layer])
+            step_input = hs[layer]
+        outputs.append(step_input)
+    return torch.stack(outputs, dim=1)
+
+
+def test_stale_state_forward_matches_values_and_the_reference_gradients():
+    script = load_script()
+    torch.manual_seed(0)
+    lstm = nn.LSTM(5, 7, num_layers=2, batch_first=True).double()
+    x = torch.randn(3, 6, 5, dtype=torch.double, requires_grad=True)
+    h0, c0 = torch.randn(2, 3, 7, dtype=torch.double), torch.randn(2, 3, 7, dtype=torch.double)
+    weight = torch.randn(3, 6, 7, dtype=torch.double)  # a loss that weighs every output
+
+    with torch.no_grad():
+        plain_out, (h_n, c_n) = lstm(x, (h0, c0))
+    out, (h_last, c_last) = script.stale_state_forward(lstm, x, (h0, c0))
+    torch.testing.assert_close(out, plain_out)  # forward values are untouched
+    torch.testing.assert_close(h_last, h_n)
+    torch.testing.assert_close(c_last, c_n)
+    grads = torch.autograd.grad((out * weight).sum(), [x, *lstm.parameters()])
+
+    expected_out = stale_by_hand(lstm, x, h0, c0, h_n, c_n)
+    torch.testing.assert_close(expected_out, plain_out)
+    expected = torch.autograd.grad((expected_out * weight).sum(), [x, *lstm.parameters()])
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
+
+    plain = torch.autograd.grad((lstm(x, (h0, c0))[0] * weight).sum(), [x, *lstm.parameters()])
+    assert not torch.allclose(grads[2], plain[2])  # weight_hh_l0: the quirk does change it
+
+
+def test_stale_state_forward_is_the_plain_one_in_eval():
+    script = load_script()
+    lstm = nn.LSTM(4, 4, num_layers=2, batch_first=True).eval()
+    x, hidden = torch.randn(2, 3, 4), (torch.randn(2, 2, 4), torch.randn(2, 2, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(script.stale_state_forward(lstm, x, hidden)[0], lstm(x, hidden)[0])
+
+
+def test_gradient_gap_reports_finite_gaps(trained):
+    gap_script = SCRIPT.with_name("stale_state_gradient_gap.py")
+    result = subprocess.run(
+        [sys.executable, str(gap_script), "--checkpoint", str(trained.model_dir), "--data-dir", str(trained.data_dir),
+         "--skip", "2", "--chunks", "3", "--batch-size", "4", "--seq-len", "10"],
+        capture_output=True, text=True, check=True,
+    )
+    numbers = [float(n) for n in re.findall(r"\d+\.\d+", result.stdout)]
+    assert len(numbers) == 4 and all(math.isfinite(n) for n in numbers)
+    assert numbers[0] > 0 and numbers[3] > 0  # a carried state moves step 1's gradient; chunks differ
