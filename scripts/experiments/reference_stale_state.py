@@ -22,7 +22,7 @@ is an ordinary charlm checkpoint.
     python scripts/experiments/reference_stale_state.py --config configs/ptb-char-small.yaml \
         --data-dir DATA --output-dir OUT [key=value ...]
 
-It is an experiment, not an option of the library: see the README's "Reproducing the paper".
+It is an experiment, not an option of the library; its runs are in the README, "Full 25-epoch runs".
 """
 
 import sys
