@@ -94,3 +94,12 @@ def test_gradient_gap_reports_finite_gaps(trained):
     numbers = [float(n) for n in re.findall(r"\d+\.\d+", result.stdout)]
     assert len(numbers) == 4 and all(math.isfinite(n) for n in numbers)
     assert numbers[0] > 0 and numbers[3] > 0  # a carried state moves step 1's gradient; chunks differ
+
+
+def test_gradient_gap_bad_input_is_one_line(trained, tmp_path):
+    gap_script = SCRIPT.with_name("stale_state_gradient_gap.py")
+    for argv in (["--checkpoint", str(tmp_path / "missing"), "--data-dir", str(trained.data_dir)],
+                 ["--checkpoint", str(trained.model_dir), "--data-dir", str(trained.data_dir)]):  # too short
+        result = subprocess.run([sys.executable, str(gap_script), *argv], capture_output=True, text=True)
+        assert result.returncode == 2
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr

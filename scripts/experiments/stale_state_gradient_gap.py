@@ -12,6 +12,7 @@ parameters and over the recurrent weights alone. For scale it also prints the me
 
 import argparse
 import importlib.util
+import sys
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 
 from charlm.checkpoint import load_model
 from charlm.corpus import load_corpus
+from charlm.errors import CharlmError
 from charlm.model import detach_hidden
 from charlm.train import TextStream, sequence_loss
 
@@ -40,7 +42,7 @@ def gradient(model, inputs, targets, hidden, lstm_forward):
     return flat, recurrent, detach_hidden(hidden)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--data-dir", required=True)
@@ -49,7 +51,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=20, help="rows, as in training")
     parser.add_argument("--seq-len", type=int, default=35, help="steps per chunk, as in training")
     args = parser.parse_args()
+    try:
+        measure(args)
+    except CharlmError as err:  # a user mistake: one line, as the charlm commands do
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
+
+def measure(args: argparse.Namespace) -> None:
+    if args.chunks < 2 or args.skip < 0:
+        raise CharlmError("--chunks must be at least 2 (consecutive chunks are compared) and --skip at least 0")
     model, _ = load_model(args.checkpoint)
     model.train()  # the training path, with every dropout off so both gradients see the same net
     model.lstm.dropout = 0.0
@@ -57,7 +69,8 @@ def main() -> None:
     batch_size = args.batch_size
     stream = TextStream(load_corpus(args.data_dir)[1]["train"], batch_size, args.seq_len, 0, batch_size)
     if stream.num_chunks < args.skip + args.chunks:
-        parser.error(f"the training split has {stream.num_chunks} chunks, fewer than --skip + --chunks")
+        raise CharlmError(f"the training split has {stream.num_chunks} chunks, fewer than --skip + --chunks; "
+                          "lower them")
     hidden = model.init_hidden(batch_size)
     with torch.no_grad():
         for k in range(args.skip):
@@ -79,4 +92,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
