@@ -182,12 +182,27 @@ class CharLM(nn.Module):
         with torch.no_grad():
             for p in self.parameters():
                 p.uniform_(-r, r)
-            if self.char_cnn is not None:
-                self.char_cnn.embedding.weight[PAD_CHAR].zero_()
+            self.zero_padding_embedding()
             for bias in self.frozen_recurrent_biases():  # zeroed after the draw: same RNG stream
                 bias.zero_()
             for bias in self.highway.gate_biases():
                 bias.add_(self.config.highway_gate_bias)
+
+    def set_padding_gradient(self, enabled: bool) -> None:
+        """Whether the character padding row takes a gradient (``train.clip_padding_gradient``).
+
+        Off (as built), the row is ``padding_idx`` and its gradient is zero. On (training's
+        default), it gets the gradient the reference code gives it, which then counts in the
+        clipped norm; the caller puts the row back to zero after each update
+        (:meth:`zero_padding_embedding`).
+        """
+        if self.char_cnn is not None:
+            self.char_cnn.embedding.padding_idx = None if enabled else PAD_CHAR
+
+    @torch.no_grad()
+    def zero_padding_embedding(self) -> None:
+        if self.char_cnn is not None:
+            self.char_cnn.embedding.weight[PAD_CHAR].zero_()
 
     # ---------------------------------------------------------------- word representations
 

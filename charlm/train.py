@@ -201,6 +201,7 @@ def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resum
     )
     config = dataclasses.replace(config, model=model_config)
     model = CharLM(model_config, vocab.spellings() if model_config.input != "word" else None)
+    model.set_padding_gradient(tc.clip_padding_gradient)
     optimizer = build_optimizer(model, tc)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model: CharLM = accelerator.unwrap_model(model)
@@ -308,6 +309,8 @@ def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resum
                             accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
                         optimizer.step()
                         optimizer.zero_grad()
+                        if tc.clip_padding_gradient:
+                            raw_model.zero_padding_embedding()  # the step moved it; the reference resets it
                     hidden = detach_hidden(hidden)
                     nll_sum += loss.detach().double() * tc.batch_size  # summed over the chunk's B*T tokens
                     recent.append((progress["global_step"] + 1, loss.detach()))

@@ -103,3 +103,16 @@ def test_gradient_gap_bad_input_is_one_line(trained, tmp_path):
         result = subprocess.run([sys.executable, str(gap_script), *argv], capture_output=True, text=True)
         assert result.returncode == 2
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_padding_gradient_script_reports_the_row_and_the_shrink(trained, tmp_path):
+    script = SCRIPT.with_name("padding_gradient.py")
+    common = ["--data-dir", str(trained.data_dir), "--chunks", "3", "--batch-size", "4", "--seq-len", "10"]
+    result = subprocess.run([sys.executable, str(script), "--checkpoint", str(trained.model_dir), *common],
+                            capture_output=True, text=True, check=True)
+    pad, pad_max, others, clip, _, _, _, _, shrink = (float(n) for n in re.findall(r"\d+(?:\.\d+)?", result.stdout))
+    assert 0 < pad <= pad_max and others > 0 and clip == 5
+    assert 0 < shrink <= 1  # counting one more gradient in the norm can only shrink a clipped step
+    missing = subprocess.run([sys.executable, str(script), "--checkpoint", str(tmp_path / "missing"), *common],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and missing.stderr.count("\n") == 1

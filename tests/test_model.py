@@ -217,6 +217,39 @@ def test_padding_row_gets_no_gradient():
     assert model.char_cnn.embedding.weight.grad[PAD_CHAR].abs().max() == 0
 
 
+def test_padding_gradient_when_asked_counts_in_the_clipped_norm_and_changes_nothing_else():
+    # The reference code's padding row takes a gradient (which its clipping norm includes) and is
+    # zeroed after each update; set_padding_gradient(True) does that, the default freezes the row.
+    words, targets = torch.randint(0, 30, (2, 5)), torch.randint(0, 30, (2, 5))
+
+    def gradients(model):
+        model.zero_grad()
+        nll, _ = model(words, model.init_hidden(2), targets)
+        nll.sum().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    torch.manual_seed(0)
+    model = CharLM(tiny_config(), random_spellings())
+    frozen = gradients(model)
+    model.set_padding_gradient(True)
+    counted = gradients(model)
+    pad = counted["char_cnn.embedding.weight"][PAD_CHAR]
+    assert pad.abs().max() > 0 and frozen["char_cnn.embedding.weight"][PAD_CHAR].abs().max() == 0
+    for name in frozen:  # every other gradient, the padding row's neighbours included, is unchanged
+        other = counted[name].clone()
+        if name == "char_cnn.embedding.weight":
+            other[PAD_CHAR] = 0
+        torch.testing.assert_close(other, frozen[name], rtol=0, atol=0)
+    norm = lambda grads: torch.cat([g.flatten() for g in grads.values()]).norm()  # noqa: E731
+    torch.testing.assert_close(norm(counted) ** 2, norm(frozen) ** 2 + pad.norm() ** 2)
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    assert model.char_cnn.embedding.weight[PAD_CHAR].abs().max() > 0  # the step moved it...
+    model.zero_padding_embedding()
+    assert model.char_cnn.embedding.weight[PAD_CHAR].abs().max() == 0  # ...and this puts it back
+    model.set_padding_gradient(False)
+    assert gradients(model)["char_cnn.embedding.weight"][PAD_CHAR].abs().max() == 0
+
+
 def test_paper_configs_parameter_counts():
     expected = {"ptb-char-small": 5.3e6, "ptb-char-large": 19.4e6, "ptb-word-small": 4.65e6, "ptb-word-large": 19.8e6,
                 "ptb-char-small-highway-2": 5.86e6}

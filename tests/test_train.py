@@ -112,6 +112,28 @@ def test_max_steps_still_validates_and_exports(corpus, tmp_path):
     assert (out / "best" / "model.safetensors").is_file()
 
 
+def test_clip_padding_gradient_lets_the_row_learn_then_zeroes_it_after_every_update(corpus, tmp_path, monkeypatch):
+    # How the row's gradient enters the clipped norm is checked in test_model; here, that training
+    # turns it on and puts the row back to zero after each update, and only when asked.
+    from charlm.model import CharLM
+
+    calls = []
+    original = CharLM.zero_padding_embedding
+
+    def spy(model):
+        calls.append(model.char_cnn.embedding.padding_idx)
+        original(model)
+
+    monkeypatch.setattr(CharLM, "zero_padding_embedding", spy)
+    assert run_train(corpus, tmp_path / "frozen", "train.max_steps=3", "train.clip_padding_gradient=false") == 0
+    assert calls == [0]  # the initialisation only, with the row frozen
+    calls.clear()
+    assert run_train(corpus, tmp_path / "counted", "train.max_steps=3") == 0  # the default
+    assert calls == [0, None, None, None]  # initialisation, then after each of the 3 updates
+    weights = load_file(str(tmp_path / "counted" / "best" / "model.safetensors"))
+    assert weights["char_cnn.embedding.weight"][0].abs().max() == 0
+
+
 def test_resume_mid_epoch_equals_uninterrupted(corpus, tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert run_train(corpus, full, "train.max_epochs=2", "train.checkpoint_every_steps=5") == 0
