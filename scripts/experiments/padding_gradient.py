@@ -16,6 +16,7 @@ without the row, and the mean factor by which counting the row shrinks the other
 import argparse
 import sys
 
+import _measure  # this folder's shared options and error handling
 import torch
 
 from charlm.checkpoint import load_model
@@ -27,22 +28,11 @@ from charlm.vocab import PAD_CHAR
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--data-dir", required=True)
+    parser = _measure.parser(__doc__.splitlines()[0], chunks=40)
     parser.add_argument("--init", action="store_true", help="measure the checkpoint's architecture freshly initialised")
-    parser.add_argument("--chunks", type=int, default=40)
     parser.add_argument("--clip", type=float, default=5.0, help="the clipping norm (train.grad_clip)")
-    parser.add_argument("--batch-size", type=int, default=20, help="rows, as in training")
-    parser.add_argument("--seq-len", type=int, default=35, help="steps per chunk, as in training")
     parser.add_argument("--seed", type=int, default=0, help="for the dropout masks")
-    args = parser.parse_args()
-    try:
-        measure(args)
-    except CharlmError as err:  # a user mistake: one line, as the charlm commands do
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return _measure.run(measure, parser.parse_args())
 
 
 def measure(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import _measure  # this folder's shared options and error handling
 import torch
 from torch import nn
 
@@ -43,20 +44,9 @@ def gradient(model, inputs, targets, hidden, lstm_forward):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--data-dir", required=True)
+    parser = _measure.parser(__doc__.splitlines()[0], chunks=20)
     parser.add_argument("--skip", type=int, default=100, help="chunks run forward first, to warm the state")
-    parser.add_argument("--chunks", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=20, help="rows, as in training")
-    parser.add_argument("--seq-len", type=int, default=35, help="steps per chunk, as in training")
-    args = parser.parse_args()
-    try:
-        measure(args)
-    except CharlmError as err:  # a user mistake: one line, as the charlm commands do
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return _measure.run(measure, parser.parse_args())
 
 
 def measure(args: argparse.Namespace) -> None:
