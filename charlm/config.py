@@ -170,7 +170,7 @@ class TrainConfig:
     padding position; on a trained Char-Small it is larger than all the other gradients together,
     so the clipped steps shrink) and is set back to zero after each update. False: the row is
     frozen and has no gradient. The forward pass is the same either way; only the clipping, and so
-    the step size, differs. On PTB Char-Small it is worth about 1.2 perplexity points (README)."""
+    the step size, differs. On PTB Char-Small it is worth about 1 perplexity point (README)."""
 
     lr_decay: float = 0.5
     """Multiply the learning rate by this when validation perplexity fails to improve."""
