@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import sentencepiece
-from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+from tokenizers import Regex, Tokenizer, pre_tokenizers
 from tokenizers.models import WordLevel
 from tokenizers.trainers import WordLevelTrainer
 
@@ -225,13 +225,16 @@ class _WordTokenizer:
         self.pre_tokenizer = pre_tokenizer
 
     @staticmethod
-    def build(vocab: dict[str, int], pre_tokenizer: str, lowercase: bool) -> Tokenizer:
-        """A WordLevel tokenizer for ``vocab`` (which must map <unk> to 0 and <eos> to 1)."""
+    def build(vocab: dict[str, int], pre_tokenizer: str) -> Tokenizer:
+        """A WordLevel tokenizer for ``vocab`` (which must map <unk> to 0 and <eos> to 1).
+
+        It has no normalizer, like the sentencepiece model: :class:`Vocabulary` passes it text
+        already normalised by :func:`normalize_text`, the one place that decides what a character
+        is. (A ``tokenizers`` Lowercase step here once disagreed with Python's ``str.lower`` on
+        letters newer than Python's Unicode tables, and a word's id then disagreed with its
+        spelling; tokenizers saved before that still carry the step, harmlessly elsewhere.)
+        """
         tokenizer = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK_WORD))
-        steps = [normalizers.NFC()]
-        if lowercase:
-            steps += [normalizers.Lowercase(), normalizers.NFC()]
-        tokenizer.normalizer = normalizers.Sequence(steps)
         if pre_tokenizer == "whitespace":
             tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
         else:  # invert=True: the pattern matches the words, everything between them is dropped
@@ -250,7 +253,7 @@ class _WordTokenizer:
         """Count the training words; keep the frequent ones. Returns (tokenizer, words, chars)."""
         # 1. Find every training word with the Rust trainer (no limit), then count them by
         #    encoding the split: the trainer does not expose its counts.
-        full = cls.build({UNK_WORD: 0, EOS_WORD: 1}, options.pre_tokenizer, options.lowercase)
+        full = cls.build({UNK_WORD: 0, EOS_WORD: 1}, options.pre_tokenizer)
         trainer = WordLevelTrainer(
             vocab_size=2**31 - 1,
             min_frequency=0,
@@ -271,7 +274,7 @@ class _WordTokenizer:
         # 3. Characters: of every training word, including the rare ones that became <unk>.
         chars = set().union(*types) if types else set()
         vocab = {word: i for i, word in enumerate(words)}
-        tokenizer = cls.build(vocab, options.pre_tokenizer, options.lowercase)
+        tokenizer = cls.build(vocab, options.pre_tokenizer)
         return cls(tokenizer, options.pre_tokenizer), words, chars
 
     def describe(self) -> dict:

@@ -170,6 +170,22 @@ def test_punctuation_pre_tokenizer_and_lowercase():
     assert "H" not in vocab.chars and "h" in vocab.chars and "<unk>" not in vocab.words[2:]
 
 
+@pytest.mark.parametrize("pre_tokenizer", ["whitespace", "punctuation"])
+def test_lowercase_is_one_implementation_for_ids_and_spellings(pre_tokenizer):
+    """Letters newer than some Unicode tables (U+1C89 and U+A7CB, capitals added in Unicode 16)
+    and the final sigma are lowercased the same way for a word's id and for its spelling: the
+    tokenizer does not lowercase again with rules of its own (it once did, and these words got an
+    id but were spelled with <unkc>)."""
+    line = "\u1c89ab x\ua7cb \u0391\u03a3 Plain"
+    vocab = vocab_of([line], pre_tokenizer=pre_tokenizer, lowercase=True)
+    words = vocab.tokenize(line)
+    assert words == unicodedata.normalize("NFC", line.lower()).split()
+    assert vocab.encode_lines([line]).tolist() == [*map(vocab.word_id, words), vocab.eos_id]
+    for word in words:
+        assert vocab.word_id(word) != vocab.unk_id
+        assert UNK_CHAR not in vocab.spell(word) and spelled(vocab, word) == word
+
+
 def test_sentencepiece_literal_unk_and_round_trip():
     vocab = sentencepiece_vocab()
     assert vocab.tokenizer == "sentencepiece" and len(vocab) == 600
