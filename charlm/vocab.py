@@ -232,7 +232,8 @@ class _WordTokenizer:
         already normalised by :func:`normalize_text`, the one place that decides what a character
         is. (A ``tokenizers`` Lowercase step here once disagreed with Python's ``str.lower`` on
         letters newer than Python's Unicode tables, and a word's id then disagreed with its
-        spelling; tokenizers saved before that still carry the step, harmlessly elsewhere.)
+        spelling. Corpora prepared before keep that step in their ``tokenizer.json``; it changes
+        nothing for text without such letters.)
         """
         tokenizer = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK_WORD))
         if pre_tokenizer == "whitespace":
