@@ -309,8 +309,8 @@ def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resum
                             accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
                         optimizer.step()
                         optimizer.zero_grad()
-                        if tc.clip_padding_gradient:
-                            raw_model.zero_padding_embedding()  # the step moved it; the reference resets it
+                        if tc.clip_padding_gradient and accelerator.sync_gradients:
+                            raw_model.zero_padding_embedding()  # the update moved it; the reference resets it
                     hidden = detach_hidden(hidden)
                     nll_sum += loss.detach().double() * tc.batch_size  # summed over the chunk's B*T tokens
                     recent.append((progress["global_step"] + 1, loss.detach()))

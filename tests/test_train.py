@@ -130,6 +130,9 @@ def test_clip_padding_gradient_lets_the_row_learn_then_zeroes_it_after_every_upd
     calls.clear()
     assert run_train(corpus, tmp_path / "counted", "train.max_steps=3") == 0  # the default
     assert calls == [0, None, None, None]  # initialisation, then after each of the 3 updates
+    calls.clear()
+    assert run_train(corpus, tmp_path / "accumulated", "train.max_steps=2", "train.gradient_accumulation_steps=2") == 0
+    assert calls == [0, None, None]  # after each update, not after each of its 4 chunks
     weights = load_file(str(tmp_path / "counted" / "best" / "model.safetensors"))
     assert weights["char_cnn.embedding.weight"][0].abs().max() == 0
 

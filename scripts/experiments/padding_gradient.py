@@ -15,6 +15,7 @@ without the row, and the mean factor by which counting the row shrinks the other
 
 import argparse
 import sys
+from statistics import fmean as mean
 
 import _measure  # this folder's shared options and error handling
 import torch
@@ -66,7 +67,6 @@ def measure(args: argparse.Namespace) -> None:
         clipped_without += rest > args.clip
         clipped_with += total > args.clip
         shrink.append(min(1.0, args.clip / total) / min(1.0, args.clip / rest))
-    mean = lambda values: sum(values) / len(values)  # noqa: E731
     print(f"padding row |g|: {mean(padding):.3f} (max {max(padding):.3f}); all other parameters |g|: "
           f"{mean(others):.3f}; clipped at {args.clip:g}: {clipped_without}/{args.chunks} chunks without the row, "
           f"{clipped_with}/{args.chunks} with it; their step shrinks by {mean(shrink):.3f} on average")
