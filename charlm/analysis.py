@@ -78,15 +78,13 @@ def represent_words(
     """
     if stage not in STAGES:
         raise CharlmError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}")
-    device = model.decoder.weight.device
-    parts = []
-    if model.char_cnn is not None:
+    device = model.device
+    chars = ids = None
+    if model.encoder.char_cnn is not None:
         chars = torch.tensor([vocab.spell(word) for word in words], dtype=torch.long, device=device)  # [n, L]
-        parts.append(model.char_cnn(chars))  # [n, filters]
-    if model.word_embedding is not None:
+    if model.encoder.word_embedding is not None:
         ids = torch.tensor([vocab.word_id(word) for word in words], dtype=torch.long, device=device)  # [n]
-        parts.append(model.word_embedding(ids))  # [n, word_embed_dim]
-    x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+    x = model.encoder.read(chars, ids)  # [n, filters (+ word_embed_dim)]
     return x if stage == "cnn" else model.highway(x, gates)
 
 
@@ -124,7 +122,7 @@ def nearest_neighbors(
         raise CharlmError("give at least one word")
     stages = stages_of(stage)
     known = [in_vocabulary(vocab, word) for word in words]
-    if model.char_cnn is None:
+    if model.encoder.char_cnn is None:
         unknown = [word for word, ok in zip(words, known) if not ok]
         if unknown:
             raise CharlmError(

@@ -49,6 +49,7 @@ from torch import nn
 from charlm.config import ModelConfig, load_config
 from charlm.corpus import load_corpus
 from charlm.model import CharLM
+from charlm.nn import detach_state
 from charlm.generate import SamplingOptions, sample
 from charlm.memory import keep_freed_memory
 from charlm.evaluate import DEFAULTS as EVAL_DEFAULTS
@@ -129,7 +130,7 @@ def train_stepper(model: nn.Module, batches: list[torch.Tensor], fused: bool, bf
     def step(i: int) -> None:
         data = batches[i % len(batches)]
         x, y = data[:, :-1], data[:, 1:]
-        h = hidden[0] or _zeros(model, x.size(0))
+        h = hidden[0] if hidden[0] is not None else _zeros(model, x.size(0))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             if fused:
                 nll, h = model(x, h, y)
@@ -141,12 +142,15 @@ def train_stepper(model: nn.Module, batches: list[torch.Tensor], fused: bool, bf
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
-        hidden[0] = (h[0].detach().float(), h[1].detach().float())
+        hidden[0] = detach_state(h) if isinstance(h, dict) else (h[0].detach().float(), h[1].detach().float())
 
     return step
 
 
 def _zeros(model, batch):
+    """The initial state: charlm's core state, or the plain model's ``(h, c)``."""
+    if isinstance(model, CharLM):
+        return model.initial_state(batch)
     lstm = model.lstm
     shape = (lstm.num_layers, batch, lstm.hidden_size)
     return torch.zeros(shape), torch.zeros(shape)
@@ -249,15 +253,15 @@ def benchmark_config(name: str, vocab, splits, args) -> dict:
 def plain_model_copy(plain: PlainCharLM, model: CharLM) -> PlainCharLM:
     """Give the plain model charlm's weights, so the two evaluations must agree."""
     with torch.no_grad():
-        plain.embedding.weight.copy_(model.char_cnn.embedding.weight)
-        for a, b in zip(plain.convs, model.char_cnn.convs):
+        plain.embedding.weight.copy_(model.encoder.char_cnn.embedding.weight)
+        for a, b in zip(plain.convs, model.encoder.char_cnn.convs):
             a.load_state_dict(b.state_dict())
         d = model.config.input_size
         for t, g, layer in zip(plain.transforms, plain.gates, model.highway.layers):
             t.weight.copy_(layer.weight[:d]); t.bias.copy_(layer.bias[:d])  # noqa: E702
             g.weight.copy_(layer.weight[d:]); g.bias.copy_(layer.bias[d:])  # noqa: E702
-        plain.lstm.load_state_dict(model.lstm.state_dict())
-        plain.decoder.load_state_dict(model.decoder.state_dict())
+        plain.lstm.load_state_dict(model.core.lstm.state_dict())
+        plain.decoder.load_state_dict(model.output.decoder.state_dict())
     return plain
 
 

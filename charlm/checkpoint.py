@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 import charlm
 from charlm.config import model_config_from_json, save_json
 from charlm.errors import CharlmError
-from charlm.model import CharLM
+from charlm.model import CharLM, upgrade_state_dict
 from charlm.vocab import Vocabulary
 
 WEIGHTS_FILE = "model.safetensors"
@@ -126,7 +126,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
             f"{directory}: vocabulary has {len(vocab)} words but the model was built for {config.vocab_size}; "
             "the vocabulary files do not belong to these weights"
         )
-    if config.input != "word" and (vocab.max_word_length, len(vocab.chars)) != (config.max_word_length,
+    if config.uses_spellings and (vocab.max_word_length, len(vocab.chars)) != (config.max_word_length,
                                                                                config.char_vocab_size):
         raise CharlmError(
             f"{directory}: vocabulary spells words with {len(vocab.chars)} characters in {vocab.max_word_length} "
@@ -145,9 +145,9 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     bad = non_finite(state)
     if bad:
         raise CharlmError(f"{weights} holds NaN or infinite weights ({bad[0]}); it is not a usable model")
-    model = CharLM(config, vocab.spellings() if config.input != "word" else None)
+    model = CharLM(config, vocab.spellings() if config.uses_spellings else None)
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(upgrade_state_dict(state))
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise CharlmError(f"{weights} does not match {directory / CONFIG_FILE}: {first}") from None

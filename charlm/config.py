@@ -71,19 +71,64 @@ class ModelConfig:
     word_embed_dim: int = 650
     """Size of the word embedding (input 'word' or 'both' only)."""
 
-    lstm_layers: int = 2
-    """Number of stacked LSTM layers."""
+    core: str = "lstm"
+    """The recurrent core: 'lstm' (the paper: lstm_layers stacked LSTM layers) or 'rhn' (a
+    Recurrent Highway Network, Zilly et al. 2017: highway layers inside the recurrent transition,
+    rhn_depth micro-layers per time step)."""
 
     hidden_size: int = 300
-    """LSTM hidden (and cell) size."""
+    """Size of the core's state: LSTM hidden (and cell) size, or the RHN state size."""
 
-    dropout: float = 0.5
-    """Dropout probability between LSTM layers and before the softmax (none on the LSTM input)."""
+    lstm_layers: int = 2
+    """Number of stacked LSTM layers (core 'lstm')."""
 
     lstm_recurrent_bias: bool = True
     """Two bias vectors per LSTM gate (input and recurrent, simply added), as in PyTorch's LSTM and
     the reference Torch code: SGD moves their sum twice as fast as one bias. The paper's equations
     have one bias per gate: false keeps the recurrent one at zero and out of training."""
+
+    rhn_depth: int = 2
+    """Recurrence depth of the RHN core: highway micro-layers per time step (core 'rhn')."""
+
+    rhn_gate_bias: float = -2.0
+    """Added to the RHN transform-gate biases at initialisation (the reference code: -2), so each
+    micro-layer starts out mostly carrying its state."""
+
+    dropout: float = 0.5
+    """Dropout probability on the core's output (before the output layer) and, for the LSTM,
+    between its layers (the paper: 0.5, none on the core's input)."""
+
+    input_dropout: float = 0.0
+    """Dropout probability on the core's input, the per-word vectors (the paper: none)."""
+
+    state_dropout: float = 0.0
+    """RHN only: variational dropout on the recurrent state (one mask per sequence, the same for
+    every micro-layer and time step)."""
+
+    locked_dropout: bool = False
+    """LSTM only: variational (locked) dropout, one mask per sequence reused at every time step,
+    on the input, between layers and on the output, instead of a new mask per element (the RHN's
+    dropout is always variational)."""
+
+    weight_drop: float = 0.0
+    """LSTM only: DropConnect probability on the hidden-to-hidden weights (AWD-LSTM), one mask per
+    chunk (0: none)."""
+
+    output: str = "full"
+    """The output layer: 'full' (the paper: a softmax with one free embedding per word) or 'char'
+    (each word's output embedding and bias computed from its spelling, Jozefowicz et al. 2016, so
+    input and output are tied through the spelling and any word can be scored)."""
+
+    output_share_encoder: bool = False
+    """Output 'char': read spellings through the input's char-CNN and highway layers (true) or
+    through a char-CNN of the output's own (false)."""
+
+    output_num_filters: list[int] = field(default_factory=list)
+    """Output 'char' with its own char-CNN: feature maps per kernel width (empty: num_filters)."""
+
+    output_correction_dim: int = 0
+    """Output 'char': size of a per-word correction vector added to the spelling's embedding
+    (Jozefowicz et al.), for what the spelling cannot tell (0: none)."""
 
     init_range: float = 0.05
     """Every parameter starts uniform in [-init_range, init_range] (then the character padding
@@ -99,10 +144,14 @@ class ModelConfig:
     """Characters per spelling, begin/end-of-word markers included. Set from the corpus."""
 
     def __post_init__(self) -> None:
+        from charlm.nn import CORES, OUTPUTS  # the registries the choices come from
+
         _check_choice("model.input", self.input, INPUT_KINDS)
+        _check_choice("model.core", self.core, tuple(CORES))
+        _check_choice("model.output", self.output, tuple(OUTPUTS))
         _check_choice("model.highway", self.highway, HIGHWAY_KINDS)
         _check_choice("model.highway_activation", self.highway_activation, ACTIVATIONS)
-        if self.input != "word":
+        if self.uses_spellings:
             if len(self.kernel_widths) != len(self.num_filters) or not self.kernel_widths:
                 raise CharlmError(
                     f"model.kernel_widths ({len(self.kernel_widths)} entries) and model.num_filters "
@@ -110,13 +159,29 @@ class ModelConfig:
                 )
             if min(self.kernel_widths) < 1 or min(self.num_filters) < 1:
                 raise CharlmError("model.kernel_widths and model.num_filters must be positive")
-        for name in ("char_embed_dim", "word_embed_dim", "lstm_layers", "hidden_size"):
+        for name in ("char_embed_dim", "word_embed_dim", "lstm_layers", "hidden_size", "rhn_depth"):
             if getattr(self, name) < 1:
                 raise CharlmError(f"model.{name} must be at least 1, got {getattr(self, name)}")
-        if self.highway_layers < 0:
-            raise CharlmError(f"model.highway_layers must be >= 0, got {self.highway_layers}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise CharlmError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("highway_layers", "output_correction_dim"):
+            if getattr(self, name) < 0:
+                raise CharlmError(f"model.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("dropout", "input_dropout", "state_dropout", "weight_drop"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise CharlmError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.output == "char":
+            if self.output_share_encoder and self.input != "char":
+                raise CharlmError("model.output_share_encoder needs model.input: char (the shared encoder reads "
+                                  "spellings only); set it to false to give the output its own char-CNN")
+            if self.output_num_filters and len(self.output_num_filters) != len(self.kernel_widths):
+                raise CharlmError(f"model.output_num_filters ({len(self.output_num_filters)} entries) must have one "
+                                  f"entry per kernel width ({len(self.kernel_widths)}), or be empty")
+            if self.output_num_filters and min(self.output_num_filters) < 1:
+                raise CharlmError("model.output_num_filters must be positive")
+
+    @property
+    def uses_spellings(self) -> bool:
+        """Whether the model reads spellings (a char-CNN on the input or output side)."""
+        return self.input != "word" or self.output == "char"
 
     @property
     def cnn_output_size(self) -> int:

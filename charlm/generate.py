@@ -10,8 +10,8 @@ over the vocabulary). Sampling starts after an end-of-sentence: ``<eos>`` is the
 then the prompt.
 
 Speed: the input vector of every vocabulary word is computed once (``vocabulary_embeddings``);
-then each step is one table lookup, one LSTM step for all samples at once (state carried) and one
-softmax.
+then each step is one table lookup, one step of the recurrent core for all samples at once (state
+carried) and one output layer call (its word table, for the spelling-based output, computed once).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import torch
 
 from charlm.errors import CharlmError
 from charlm.evaluate import add_model_arguments, load_checkpoint, main_process_only
-from charlm.model import CharLM, Hidden
+from charlm.model import CharLM
+from charlm.nn import State, expand_state
 from charlm.scoring import vocabulary_embeddings
 from charlm.vocab import Vocabulary
 
@@ -105,11 +106,11 @@ def prompt_vectors(model: CharLM, vocab: Vocabulary, prompt: str) -> tuple[list[
 
 
 @torch.inference_mode()
-def prompt_state(model: CharLM, vocab: Vocabulary, prompt: str = "") -> tuple[torch.Tensor, Hidden]:
-    """Run ``<eos>`` + prompt through the LSTM: next-word logits ``[V]`` and the hidden state."""
+def prompt_state(model: CharLM, vocab: Vocabulary, prompt: str = "") -> tuple[torch.Tensor, State]:
+    """Run ``<eos>`` + prompt through the model: next-word log-probabilities ``[V]`` and the core's state."""
     _, x = prompt_vectors(model, vocab, prompt)  # [n, D]
-    logits, hidden = model.forward_embedded(x.unsqueeze(0), model.init_hidden(1))  # [1, n, V]
-    return logits[0, -1], hidden
+    log_probs, state = model.log_probs_embedded(x.unsqueeze(0), model.initial_state(1))  # [1, n, V]
+    return log_probs[0, -1], state
 
 
 def next_word_distribution(model: CharLM, vocab: Vocabulary, prompt: str = "") -> torch.Tensor:
@@ -117,14 +118,15 @@ def next_word_distribution(model: CharLM, vocab: Vocabulary, prompt: str = "") -
     was_training = model.training
     model.eval()
     try:
-        logits, _ = prompt_state(model, vocab, prompt)
+        log_probs, _ = prompt_state(model, vocab, prompt)
     finally:
         model.train(was_training)
-    return torch.softmax(logits.float(), dim=-1)
+    return log_probs.exp()
 
 
 def filter_logits(logits: torch.Tensor, options: SamplingOptions, unk_id: int) -> torch.Tensor:
-    """Temperature, then ``<unk>`` removal, top-k and top-p, on logits ``[B, V]`` (a new tensor)."""
+    """Temperature, then ``<unk>`` removal, top-k and top-p, on logits (or log-probabilities)
+    ``[B, V]`` (a new tensor)."""
     logits = logits.float() / options.temperature
     if options.no_unk:
         logits[:, unk_id] = -math.inf
@@ -145,20 +147,34 @@ def sample(model: CharLM, vocab: Vocabulary, prompt: str = "", options: Sampling
     """Sample ``options.num_samples`` continuations of ``prompt`` (word ids, prompt excluded)."""
     options = options or SamplingOptions()
     seed = secrets.randbelow(2**31) if options.seed is None else options.seed
-    device = model.decoder.weight.device
+    device = model.device
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    start = time.perf_counter()
-    table = vocabulary_embeddings(model)  # [V, D], the input vector of every word, once
-    logits, (h, c) = prompt_state(model, vocab, prompt)
-    setup_seconds = time.perf_counter() - start
+    with model.output.frozen():
+        start = time.perf_counter()
+        table = vocabulary_embeddings(model)  # [V, D], the input vector of every word, once
+        logits, state = prompt_state(model, vocab, prompt)
+        setup_seconds = time.perf_counter() - start
+        rows, seconds = _sample_rows(model, vocab, options, table, logits, state, generator)
+    model.train(was_training)
+    ids = []
+    for row in rows.tolist():
+        if options.stop_at_eos and vocab.eos_id in row:
+            row = row[: row.index(vocab.eos_id)]
+        ids.append(row)
+    return Samples(ids=ids, seed=seed, seconds=seconds, setup_seconds=setup_seconds)
+
+
+def _sample_rows(model: CharLM, vocab: Vocabulary, options: SamplingOptions, table: torch.Tensor,
+                 logits: torch.Tensor, state: State, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """The sampling loop: word ids ``[B, t]`` of every sample, and the seconds it took."""
     start = time.perf_counter()
     batch = options.num_samples
     logits = logits.expand(batch, -1)  # [B, V]
-    hidden = (h.expand(-1, batch, -1).contiguous(), c.expand(-1, batch, -1).contiguous())
-    rows = torch.empty(batch, 0, dtype=torch.long, device=device)  # [B, t]
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    state = expand_state(model.core, state, batch)
+    rows = torch.empty(batch, 0, dtype=torch.long, device=logits.device)  # [B, t]
+    finished = torch.zeros(batch, dtype=torch.bool, device=logits.device)
     for _ in range(options.max_words):
         probs = torch.softmax(filter_logits(logits, options, vocab.unk_id), dim=-1)
         words = torch.multinomial(probs, 1, generator=generator)  # [B, 1]
@@ -167,16 +183,9 @@ def sample(model: CharLM, vocab: Vocabulary, prompt: str = "", options: Sampling
             finished |= words[:, 0] == vocab.eos_id
             if bool(finished.all()):
                 break
-        out, hidden = model.forward_embedded(table[words], hidden)  # [B, 1, V]
+        out, state = model.log_probs_embedded(table[words], state)  # [B, 1, V]
         logits = out[:, 0]
-    seconds = time.perf_counter() - start
-    model.train(was_training)
-    ids = []
-    for row in rows.tolist():
-        if options.stop_at_eos and vocab.eos_id in row:
-            row = row[: row.index(vocab.eos_id)]
-        ids.append(row)
-    return Samples(ids=ids, seed=seed, seconds=seconds, setup_seconds=setup_seconds)
+    return rows, time.perf_counter() - start
 
 
 def join_text(vocab: Vocabulary, prompt: str, ids: list[int]) -> str:

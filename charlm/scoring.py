@@ -6,11 +6,13 @@ mean of per-batch perplexities. The stream is scored as if it followed an end-of
 token is predicted (``tokens == len(ids)``).
 
 It is still fast: the character encoder runs once per distinct word (not once per token), the
-LSTM runs over long chunks (one call per ``chunk_len`` tokens, state carried between calls), and
-the softmax layer is the fused one of training (:func:`charlm.ops.linear_cross_entropy`), forward
-only: the logits of a chunk are made and reduced 256 rows at a time, never written out whole.
-On a CPU with several threads the LSTM layers and the softmax of consecutive chunks also run side
-by side (see :func:`_pipelined_logprobs`). None of this changes the numbers.
+recurrent core runs over long chunks (one call per ``chunk_len`` tokens, state carried between
+calls), and the output layer's ``nll`` is the one of training, forward only (for the full softmax
+the fused layer of :mod:`charlm.nn.fused_softmax`: the logits of a chunk are made and reduced 256
+rows at a time, never written out whole; for the spelling-based output the word table is computed
+once). On a CPU with several threads the core's stages (LSTM layers) and the output layer of
+consecutive chunks also run side by side (see :func:`_pipelined_logprobs`). None of this changes
+the numbers. Only the core and output protocols are used (:mod:`charlm.nn`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from charlm.model import CharLM
-from charlm.ops import linear_cross_entropy
 
 
 @dataclass
@@ -54,7 +55,7 @@ def safe_exp(x: float) -> float:
 @torch.inference_mode()
 def vocabulary_embeddings(model: CharLM) -> torch.Tensor:
     """Input vectors of every vocabulary word ``[V, input_size]``, computed once (eval mode)."""
-    return word_embeddings(model, torch.arange(model.config.vocab_size, device=model.decoder.weight.device))
+    return word_embeddings(model, torch.arange(model.config.vocab_size, device=model.device))
 
 
 @torch.inference_mode()
@@ -84,33 +85,31 @@ def score_stream(
     of consecutive chunks side by side on different threads; see :func:`_pipelined_logprobs`.
     Same computation, same number up to float rounding.
     """
-    device = model.decoder.weight.device
     if pipeline is None:
-        pipeline = device.type == "cpu" and torch.get_num_threads() > 1
+        pipeline = model.device.type == "cpu" and torch.get_num_threads() > 1
     with _eval_mode(model):
         return _score_stream(model, ids, start_id, chunk_len, per_token, progress, bf16, pipeline)
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    """Eval mode (no dropout) for the duration; the previous mode is restored afterwards."""
+def _eval_mode(model: CharLM):
+    """Eval mode (no dropout) for the duration, the output layer's word table computed once; the
+    previous mode is restored afterwards."""
     was_training = model.training
     model.eval()
     try:
-        yield
+        with model.output.frozen():
+            yield
     finally:
         model.train(was_training)
 
 
 def _token_logprobs(model: CharLM, output: torch.Tensor, y: torch.Tensor, bf16: bool) -> torch.Tensor:
-    """LSTM outputs ``[..., H]`` -> log-probability of each target ``[...]`` (float32).
-
-    The fused softmax layer, forward only: logits made and reduced block by block, never written
-    out whole (faster than a Linear then ``F.cross_entropy``; README, Speed)."""
+    """Core outputs ``[..., H]`` -> log-probability of each target ``[...]`` (float32), through the
+    output layer's ``nll`` (for the full softmax: logits made and reduced block by block, never
+    written out whole)."""
     with _inference(output.device, bf16):
-        decoder = model.decoder
-        nll = linear_cross_entropy(output.flatten(0, -2), decoder.weight, decoder.bias, y.flatten())
-        return -nll.view(y.shape)
+        return -model.output.nll(output.flatten(0, -2), y.flatten()).view(y.shape)
 
 
 @contextlib.contextmanager
@@ -121,7 +120,7 @@ def _inference(device: torch.device, bf16: bool):
 
 
 def _score_stream(model, ids, start_id, chunk_len, per_token, progress, bf16, pipeline) -> StreamScore:
-    device = model.decoder.weight.device
+    device = model.device
     targets = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=device)  # [n]
     inputs = torch.cat([targets.new_tensor([start_id]), targets[:-1]])  # [n], shifted right
     with _inference(device, bf16):
@@ -141,10 +140,10 @@ def _score_stream(model, ids, start_id, chunk_len, per_token, progress, bf16, pi
         pieces = _pipelined_logprobs(model, chunks, token_logprobs, bf16, bar)
     else:
         pieces = []
-        hidden = model.init_hidden(1)
+        state = model.initial_state(1)
         for x, y in chunks:
             with _inference(device, bf16):
-                output, hidden = model.lstm(x, hidden)  # [1, T, H]
+                output, state = model.core(x, state)  # [1, T, H]
             pieces.append(token_logprobs(output[0], y))
             bar.update()
     bar.close()
@@ -194,7 +193,7 @@ def score_columns(
 
 
 def _score_columns(model, ids, start_id, columns, warmup, chunk_len, per_token, progress, bf16) -> StreamScore:
-    device = model.decoder.weight.device
+    device = model.device
     targets = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=device)  # [n]
     n = targets.numel()
     inputs = torch.cat([targets.new_tensor([start_id]), targets[:-1]])  # [n], shifted right
@@ -209,17 +208,17 @@ def _score_columns(model, ids, start_id, columns, warmup, chunk_len, per_token, 
         distinct, word_index = torch.unique(inputs, return_inverse=True)  # [U], [n]
         table = word_embeddings(model, distinct)  # [U, D]: the char-CNN once per distinct word
         x = table[word_index[positions]]  # [N, W + L, D]
-        hidden = model.init_hidden(columns)  # ([layers, N, H], [layers, N, H])
+        state = model.initial_state(columns)
         if warmup:
-            _, (h, c) = model.lstm(x[:, :warmup], hidden)
-            h[:, 0], c[:, 0] = 0.0, 0.0  # column 0 starts where the stream starts: from zero
-            hidden = (h, c)
+            _, state = model.core(x[:, :warmup], state)
+            for name, tensor in state.items():  # column 0 starts where the stream starts: from zero
+                tensor.narrow(model.core.state_batch_dims[name], 0, 1).zero_()
     x, y = x[:, warmup:], targets[positions[:, warmup:]]  # the scored part
     steps = max(1, chunk_len // columns)  # about chunk_len tokens per LSTM call and softmax
     pieces = []
     for start in tqdm(range(0, piece, steps), desc="scoring", unit="chunk", disable=not progress, leave=False):
         with _inference(device, bf16):
-            output, hidden = model.lstm(x[:, start : start + steps], hidden)  # [N, T, H]
+            output, state = model.core(x[:, start : start + steps], state)  # [N, T, H]
         pieces.append(_token_logprobs(model, output, y[:, start : start + steps], bf16))  # [N, T]
     logprobs = torch.cat(pieces, dim=1).flatten()[:n]  # row-major [N, L] is stream order; drop the tail
     return StreamScore(
@@ -230,22 +229,22 @@ def _score_columns(model, ids, start_id, columns, warmup, chunk_len, per_token, 
 
 
 def _pipelined_logprobs(model, chunks, token_logprobs, bf16, bar) -> list[torch.Tensor]:
-    """Token log-probabilities of every chunk, with layers and softmax running side by side.
+    """Token log-probabilities of every chunk, with the core's stages and the output running side by side.
 
-    Scoring one stream is sequential in time, but not across layers: while LSTM layer 1 reads chunk
-    ``k``, layer 2 can already read chunk ``k - 1`` (layer 1 finished it a step earlier) and the
-    softmax chunk ``k - 2``. At step ``s`` layer ``i`` runs chunk ``s - i`` and the softmax, cut
+    Scoring one stream is sequential in time, but not across stages (the core's
+    :meth:`~charlm.nn.RecurrentCore.stages`: an LSTM's layers): while layer 1 reads chunk ``k``,
+    layer 2 can already read chunk ``k - 1`` (layer 1 finished it a step earlier) and the output
+    layer chunk ``k - 2``. At step ``s`` stage ``i`` runs chunk ``s - i`` and the output layer, cut
     into pieces, runs chunk ``s - L``; these tasks share no data, so they run on a pool of
     single-threaded workers (torch releases the GIL inside its ops) and meet at the end of the
     step. On a CPU the batch-1 recurrence barely uses a second thread, so this runs the recurrence of
     each layer on its own core (its weights stay in that core's cache) and fills the gaps with the
     softmax.
     """
-    layers = split_lstm_layers(model.lstm)
+    layers = model.core.stages()
     num_layers, workers = len(layers), torch.get_num_threads()
-    device = model.decoder.weight.device
-    h0, c0 = model.init_hidden(1)
-    states = [(h0[i : i + 1], c0[i : i + 1]) for i in range(num_layers)]
+    device = model.device
+    states = [layer.initial_state(1) for layer in layers]
     outputs: dict[tuple[int, int], torch.Tensor] = {}  # (layer, chunk) -> [1, T, H], until read
     results: dict[tuple[int, int], torch.Tensor] = {}  # (chunk, piece) -> [T / pieces]
 
@@ -278,15 +277,3 @@ def _pipelined_logprobs(model, chunks, token_logprobs, bf16, bar) -> list[torch.
     finally:
         torch.set_num_threads(previous_threads)
     return [results[key] for key in sorted(results)]
-
-
-def split_lstm_layers(lstm: nn.LSTM) -> list[nn.LSTM]:
-    """One single-layer ``nn.LSTM`` per layer of ``lstm``, sharing its parameters (eval use only)."""
-    layers = []
-    for i in range(lstm.num_layers):
-        layer = nn.LSTM(lstm.input_size if i == 0 else lstm.hidden_size, lstm.hidden_size, 1,
-                        bias=lstm.bias, batch_first=lstm.batch_first, device="meta")
-        for name in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if lstm.bias else ()):
-            setattr(layer, f"{name}_l0", getattr(lstm, f"{name}_l{i}"))
-        layers.append(layer)
-    return layers

@@ -2,8 +2,8 @@
 
     OUTPUT_DIR/
       checkpoints/step-N/   accelerate's save_state (model.safetensors, optimizer.bin, RNG states
-                            random_states_R.pkl), hidden_R.safetensors (each process's carried LSTM
-                            state), progress.json (epoch, chunk, update, learning rate, history)
+                            random_states_R.pkl), hidden_R.safetensors (each process's carried core
+                            state: its named tensors), progress.json (epoch, chunk, update, learning rate, history)
                             and the COMPLETE marker, written last
       best/                 the exported model (charlm.checkpoint)
       metrics.jsonl         one record per epoch
@@ -17,6 +17,7 @@ with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import json
 import math
 import pickle
@@ -33,13 +34,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from charlm.checkpoint import error_reason
-from charlm.config import TrainConfig, save_json
+from charlm.config import ModelConfig, TrainConfig, config_from_dict, save_json
 from charlm.errors import CharlmError
 
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
 METRICS_FILE = "metrics.jsonl"
 PROGRESS_FILE = "progress.json"
+RUN_CONFIG_FILE = "config.json"  # the run's whole config (model and train), as it was started
 COMPLETE_MARKER = "COMPLETE"
 
 
@@ -74,7 +76,8 @@ def recover_checkpoints(output_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, progress: dict[str, Any], hidden, keep: int) -> None:
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, progress: dict[str, Any], state: dict[str, torch.Tensor],
+                    keep: int) -> None:
     """Write a resumable state: to ``step-N.tmp``, then a completeness marker, then rename.
 
     A crash at any moment leaves the newest complete state readable (see :func:`recover_checkpoints`);
@@ -91,7 +94,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, progress: dict[s
                 shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp), safe_serialization=True)  # model, optimizer, RNG of each process
-        save_file({"h": hidden[0].detach().cpu().contiguous(), "c": hidden[1].detach().cpu().contiguous()},
+        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in state.items()},
                   str(tmp / f"hidden_{accelerator.process_index}.safetensors"))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
@@ -132,9 +135,11 @@ def read_data_pickle(path: Path) -> Any:
 
 
 def load_checkpoint(
-    accelerator: Accelerator, directory: Path, device, hidden_shape=None
-) -> tuple[dict[str, Any], tuple]:
-    """Restore model, optimizer and RNG states from a checkpoint; returns (progress, hidden state).
+    accelerator: Accelerator, directory: Path, device, expected_state: dict[str, torch.Tensor] | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore model, optimizer and RNG states from a checkpoint; returns (progress, core state).
+
+    ``expected_state`` (the model's initial state) gives the names and shapes the saved state must have.
 
     Nothing that could run code is unpickled: the weights and hidden states are safetensors, and
     the two pickled files accelerate reads (optimizer, RNG states) are first read here with
@@ -164,17 +169,37 @@ def load_checkpoint(
         progress = json.loads((directory / PROGRESS_FILE).read_text(encoding="utf-8"))
         if not isinstance(progress, dict) or not {"epoch", "chunk", "global_step", "lr"} <= set(progress):
             raise ValueError(f"{PROGRESS_FILE} is not a training progress record")
-        state = load_file(str(hidden_file))
-        hidden = (state["h"].to(device), state["c"].to(device))
+        state = {name: tensor.to(device) for name, tensor in load_file(str(hidden_file)).items()}
     except pickle.UnpicklingError:
         raise CharlmError(f"refusing to load checkpoint {directory}: a file in it holds pickled objects other than "
                           f"tensors, which could run code; {fix}") from None
     except Exception as err:  # each reader raises its own kind of error for a truncated or foreign file
         raise CharlmError(f"cannot load checkpoint {directory} ({error_reason(err)}); {fix}") from None
-    if hidden_shape is not None and tuple(hidden[0].shape) != tuple(hidden_shape):
-        raise CharlmError(f"checkpoint {directory} was saved with another train.batch_size or model size (hidden state "
-                          f"{tuple(hidden[0].shape)}, this run {tuple(hidden_shape)}); resume with the same config")
-    return progress, hidden
+    if expected_state is not None and _shapes(state) != _shapes(expected_state):
+        raise CharlmError(f"checkpoint {directory} was saved with another train.batch_size or model (core state "
+                          f"{_shapes(state)}, this run {_shapes(expected_state)}); resume with the same config")
+    return progress, state
+
+
+def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(tensor.shape) for name, tensor in sorted(state.items())}
+
+
+def check_same_model(run_config: Path, model: ModelConfig) -> None:
+    """A resumed run must build the model its states were saved from: name the first field that
+    differs, and the run's own config to resume with."""
+    try:
+        saved = config_from_dict(json.loads(run_config.read_text(encoding="utf-8"))).model
+    except (OSError, ValueError, CharlmError):
+        return  # no readable record of the old config: the state's own checks still apply
+    differ = [f.name for f in dataclasses.fields(ModelConfig) if getattr(saved, f.name) != getattr(model, f.name)]
+    if differ:
+        name = differ[0]
+        raise CharlmError(
+            f"cannot resume: the run in {run_config.parent} was trained with model.{name}={getattr(saved, name)!r}, this "
+            f"command asks for {getattr(model, name)!r}" + (f" ({len(differ) - 1} more field(s) differ)" if len(differ) > 1
+                                                             else "")
+            + f"; resume with the run's own config (--config {run_config}) or start a new --output-dir")
 
 
 def drop_later_records(metrics: Path, step: int) -> None:

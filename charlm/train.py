@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from dataclasses import dataclass, field, fields
 import json
 import math
 import signal
@@ -50,7 +51,8 @@ from charlm.checkpoint import export_model, non_finite, recover_export
 from charlm.config import RunConfig, TrainConfig, describe_fields, load_config, save_json
 from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
-from charlm.model import CharLM, detach_hidden
+from charlm.model import CharLM, describe_model
+from charlm.nn import detach_state
 from charlm.scoring import safe_exp, score_stream
 from charlm.state import (
     BEST_DIR,
@@ -61,6 +63,8 @@ from charlm.state import (
     load_checkpoint,
     prepare_output_dir,
     recover_checkpoints,
+    RUN_CONFIG_FILE,
+    check_same_model,
     save_checkpoint,
     state_bytes,
 )
@@ -179,234 +183,324 @@ def _first_non_finite(recent: list[tuple[int, torch.Tensor]], accelerator: Accel
     return 0 if bad == never else bad
 
 
-def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Train a model; returns a summary (best validation perplexity, steps, seconds, and
-    ``stopped_by``: the number of the signal that stopped the run early, else 0)."""
-    tc = config.train
-    output_dir = Path(output_dir)
-    accelerator = Accelerator(
-        mixed_precision=tc.mixed_precision or None,
-        gradient_accumulation_steps=tc.gradient_accumulation_steps,
-        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
-    )
-    set_seed(tc.seed)  # the same seed everywhere: identical initial weights on every process
+@dataclass
+class Progress:
+    """Where a run stands; saved in every resumable state (``progress.json``) and restored on resume."""
 
-    # Everything that reads input comes first, so a bad corpus or config leaves no output folder.
-    vocab, splits, _ = load_corpus(data_dir)
-    model_config = dataclasses.replace(
-        config.model,
-        vocab_size=len(vocab),
-        char_vocab_size=len(vocab.chars),
-        max_word_length=vocab.max_word_length,
-    )
-    config = dataclasses.replace(config, model=model_config)
-    model = CharLM(model_config, vocab.spellings() if model_config.input != "word" else None)
-    model.set_padding_gradient(tc.clip_padding_gradient)
-    optimizer = build_optimizer(model, tc)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    raw_model: CharLM = accelerator.unwrap_model(model)
+    lr: float
+    """The learning rate now."""
+    epoch: int = 0
+    """Completed epochs."""
+    chunk: int = 0
+    """Chunks done in the current epoch."""
+    global_step: int = 0
+    """Optimizer updates so far."""
+    valid_history: list[float] = field(default_factory=list)
+    """Validation perplexity after each completed epoch."""
+    best_valid: float = math.inf
+    epoch_nll: list[float] = field(default_factory=list)
+    """Each process's summed training NLL in the current epoch (up to the last fold)."""
+    epoch_train_seconds: float = 0.0
+    """Training time of the current epoch (up to the last fold)."""
 
-    rows = tc.batch_size * accelerator.num_processes
-    stream = TextStream(splits["train"], rows, tc.seq_len, accelerator.process_index * tc.batch_size, tc.batch_size)
-    # Whole accumulation groups only, so every epoch ends on an optimizer update.
-    chunks_per_epoch = stream.num_chunks - stream.num_chunks % tc.gradient_accumulation_steps
-    updates_per_epoch = chunks_per_epoch // tc.gradient_accumulation_steps
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Progress":
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
-    def check_output_dir() -> None:
-        # Then the output folder, before any training: writable, room for what the run keeps
-        # (checkpoints plus the one being written, best/ and its replacement), tidied after a crash.
-        model_bytes, checkpoint_bytes = state_bytes(raw_model, tc)
-        have = len(complete_checkpoints(output_dir)) if resume and output_dir.is_dir() else 0
-        needed = max(tc.keep_checkpoints + 1 - have, 1) * checkpoint_bytes + 2 * model_bytes
-        prepare_output_dir(output_dir, resume, needed)
-        recover_checkpoints(output_dir)
-        recover_export(output_dir / BEST_DIR)
 
-    _on_main_process(accelerator, check_output_dir)
-    accelerator.wait_for_everyone()
+@dataclass
+class EpochRecord:
+    """One line of ``metrics.jsonl``."""
 
-    progress: dict[str, Any] = {
-        "epoch": 0,  # completed epochs
-        "chunk": 0,  # chunks done in the current epoch
-        "global_step": 0,  # optimizer updates
-        "lr": tc.lr,
-        "valid_history": [],  # validation perplexity after each completed epoch
-        "best_valid": math.inf,
-        "epoch_nll": [0.0] * accelerator.num_processes,  # each process's summed training NLL this epoch
-        "epoch_train_seconds": 0.0,
-    }
-    hidden = raw_model.init_hidden(tc.batch_size)
-    checkpoints = complete_checkpoints(output_dir) if resume else []
-    if checkpoints:
-        progress, hidden = load_checkpoint(accelerator, checkpoints[-1], accelerator.device, hidden[0].shape)
-        if accelerator.is_main_process:
-            print(f"resuming from {checkpoints[-1]} (epoch {progress['epoch'] + 1}, update {progress['global_step']})")
-            drop_later_records(output_dir / METRICS_FILE, progress["global_step"])
-    elif resume and accelerator.is_main_process:
-        print(f"no complete checkpoint in {output_dir / CHECKPOINTS_DIR}; starting from scratch")
-        drop_later_records(output_dir / METRICS_FILE, 0)  # records of a run killed before its first state
-    for group in optimizer.param_groups:
-        group["lr"] = progress["lr"]
+    epoch: float
+    step: int
+    lr: float
+    train_ppl: float
+    valid_ppl: float
+    tokens_per_sec: float
+    seconds: float
 
-    if accelerator.is_main_process:
-        save_json(config.to_dict(), output_dir / "config.json")
-        highway = "no highway" if model_config.highway == "none" else f"{model_config.highway_layers} {model_config.highway}"
+
+class Run:
+    """One training run's pieces (accelerator, corpus, model, optimizer, stream, progress) and its
+    steps: :meth:`update` (one chunk), :meth:`end_epoch` (validate, export, record, learning-rate
+    rule), :meth:`checkpoint`. :func:`train` drives them."""
+
+    def __init__(self, config: RunConfig, data_dir: str | Path, output_dir: str | Path, resume: bool):
+        tc = self.tc = config.train
+        self.output_dir, self.resume = Path(output_dir), resume
+        self.accelerator = accelerator = Accelerator(
+            mixed_precision=tc.mixed_precision or None,
+            gradient_accumulation_steps=tc.gradient_accumulation_steps,
+            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+        )
+        set_seed(tc.seed)  # the same seed everywhere: identical initial weights on every process
+
+        # Everything that reads input comes first, so a bad corpus or config leaves no output folder.
+        self.vocab, self.splits, _ = load_corpus(data_dir)
+        vocab = self.vocab
+        model_config = dataclasses.replace(
+            config.model, vocab_size=len(vocab), char_vocab_size=len(vocab.chars), max_word_length=vocab.max_word_length)
+        self.config = dataclasses.replace(config, model=model_config)
+        model = CharLM(model_config, vocab.spellings() if model_config.uses_spellings else None)
+        model.set_padding_gradient(tc.clip_padding_gradient)
+        optimizer = build_optimizer(model, tc)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.raw_model: CharLM = accelerator.unwrap_model(self.model)
+
+        self.rows = tc.batch_size * accelerator.num_processes
+        self.stream = TextStream(self.splits["train"], self.rows, tc.seq_len,
+                                 accelerator.process_index * tc.batch_size, tc.batch_size)
+        # Whole accumulation groups only, so every epoch ends on an optimizer update.
+        self.chunks_per_epoch = self.stream.num_chunks - self.stream.num_chunks % tc.gradient_accumulation_steps
+        self.updates_per_epoch = self.chunks_per_epoch // tc.gradient_accumulation_steps
+        self.progress = Progress(lr=tc.lr, epoch_nll=[0.0] * accelerator.num_processes)
+        self.state = self.raw_model.initial_state(tc.batch_size)  # the core's state, carried between chunks
+        # Losses of the chunks since the last finiteness check: (update, loss), checked every log_every
+        # updates and before anything is saved, so a NaN never reaches a checkpoint or best/.
+        self.recent: list[tuple[int, torch.Tensor]] = []
+
+    # ------------------------------------------------------------------ start
+
+    def prepare_output(self) -> None:
+        """Check the output folder before any training (writable, room for what the run keeps:
+        checkpoints plus the one being written, best/ and its replacement), tidy it after a crash,
+        and check that a resumed run has the architecture it was started with."""
+        output_dir, tc = self.output_dir, self.tc
+
+        def check() -> None:
+            model_bytes, checkpoint_bytes = state_bytes(self.raw_model, tc)
+            have = len(complete_checkpoints(output_dir)) if self.resume and output_dir.is_dir() else 0
+            needed = max(tc.keep_checkpoints + 1 - have, 1) * checkpoint_bytes + 2 * model_bytes
+            prepare_output_dir(output_dir, self.resume, needed)
+            recover_checkpoints(output_dir)
+            recover_export(output_dir / BEST_DIR)
+            if self.resume and complete_checkpoints(output_dir):
+                check_same_model(output_dir / RUN_CONFIG_FILE, self.config.model)
+
+        _on_main_process(self.accelerator, check)
+        self.accelerator.wait_for_everyone()
+
+    def restore(self) -> None:
+        """Continue from the newest complete state when resuming (else start afresh)."""
+        accelerator, output_dir = self.accelerator, self.output_dir
+        checkpoints = complete_checkpoints(output_dir) if self.resume else []
+        if checkpoints:
+            values, self.state = load_checkpoint(accelerator, checkpoints[-1], accelerator.device, self.state)
+            self.progress = Progress.from_dict(values)
+            if accelerator.is_main_process:
+                print(f"resuming from {checkpoints[-1]} (epoch {self.progress.epoch + 1}, "
+                      f"update {self.progress.global_step})")
+                drop_later_records(output_dir / METRICS_FILE, self.progress.global_step)
+        elif self.resume and accelerator.is_main_process:
+            print(f"no complete checkpoint in {output_dir / CHECKPOINTS_DIR}; starting from scratch")
+            drop_later_records(output_dir / METRICS_FILE, 0)  # records of a run killed before its first state
+        self.set_lr(self.progress.lr)
+
+    def print_summary(self) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        save_json(self.config.to_dict(), self.output_dir / RUN_CONFIG_FILE)
+        tc, mc, accelerator = self.tc, self.config.model, self.accelerator
         print(
-            f"charlm train: {raw_model.num_parameters():,} parameters | {model_config.input} input, {highway}, "
-            f"LSTM {model_config.lstm_layers}x{model_config.hidden_size} | vocab {len(vocab):,} words, "
-            f"{len(vocab.chars)} chars, spellings of {vocab.max_word_length}\n"
+            f"charlm train: {self.raw_model.num_parameters():,} parameters | {describe_model(mc)} | vocab "
+            f"{len(self.vocab):,} words, {len(self.vocab.chars)} chars, spellings of {self.vocab.max_word_length}\n"
             f"  {accelerator.num_processes} process(es) on {accelerator.device}, precision "
-            f"{accelerator.mixed_precision} | {rows} rows x {tc.seq_len} steps = {rows * tc.seq_len:,} tokens per "
-            f"chunk, {tc.gradient_accumulation_steps} chunk(s) per update | {updates_per_epoch:,} updates per "
+            f"{accelerator.mixed_precision} | {self.rows} rows x {tc.seq_len} steps = {self.rows * tc.seq_len:,} tokens "
+            f"per chunk, {tc.gradient_accumulation_steps} chunk(s) per update | {self.updates_per_epoch:,} updates per "
             f"epoch, {tc.max_epochs} epochs" + (f", at most {tc.max_steps} updates" if tc.max_steps else ""),
             flush=True,
         )
 
-    # Losses of the chunks since the last finiteness check: (update, loss), checked every log_every
-    # updates and before anything is saved, so a NaN never reaches a checkpoint or best/.
-    recent: list[tuple[int, torch.Tensor]] = []
+    # ------------------------------------------------------------------ steps
 
-    def check_finite(epoch: int, weights: bool = False) -> None:
-        bad = _first_non_finite(recent, accelerator)
-        bad_weights = non_finite(raw_model.state_dict()) if weights and not bad else []
+    def set_lr(self, lr: float) -> None:
+        self.progress.lr = lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def update(self, k: int) -> torch.Tensor:
+        """Train on chunk ``k`` of the epoch (an optimizer update at the end of each accumulation
+        group); returns the chunk's loss (detached)."""
+        accelerator, tc = self.accelerator, self.tc
+        inputs, targets = (t.to(accelerator.device) for t in self.stream.chunk(k))
+        with accelerator.accumulate(self.model):
+            nll, state = self.model(inputs, self.state, targets)  # [B, T] per-token losses
+            loss = sequence_loss(nll)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and tc.grad_clip > 0:
+                accelerator.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+            if tc.clip_padding_gradient and accelerator.sync_gradients:
+                self.raw_model.zero_padding_embedding()  # the update moved it; the reference resets it
+        self.state = detach_state(state)
+        loss = loss.detach()
+        self.recent.append((self.progress.global_step + 1, loss))
+        self.progress.chunk = k + 1
+        return loss
+
+    def check_finite(self, epoch: int, weights: bool = False) -> None:
+        bad = _first_non_finite(self.recent, self.accelerator)
+        bad_weights = non_finite(self.raw_model.state_dict()) if weights and not bad else []
         if bad or bad_weights:
-            newest = complete_checkpoints(output_dir)
+            newest = complete_checkpoints(self.output_dir)
             kept = f"the last good state is {newest[-1]}" if newest else "no state was saved before it"
             what = (f"training loss became non-finite at update {bad}" if bad else
-                    f"model weights became non-finite by update {progress['global_step']}")
+                    f"model weights became non-finite by update {self.progress.global_step}")
             raise CharlmError(f"{what} (epoch {epoch}); stopped without saving it, {kept}; lower train.lr "
                               "or set train.grad_clip and train again")
 
-    def checkpoint(epoch: int) -> None:
-        check_finite(epoch, weights=True)
-        save_checkpoint(accelerator, output_dir, progress, hidden, tc.keep_checkpoints)
+    def checkpoint(self, epoch: int) -> None:
+        self.check_finite(epoch, weights=True)
+        save_checkpoint(self.accelerator, self.output_dir, dataclasses.asdict(self.progress), self.state,
+                        self.tc.keep_checkpoints)
+
+    def fold_counters(self, nll_sum: torch.Tensor, train_start: float) -> None:
+        """Add the loss summed since the last fold (from every process) and the time to the
+        progress, which is what a checkpoint records, so a resumed epoch reports the same train
+        perplexity."""
+        everyone = self.accelerator.gather(nll_sum.reshape(1)).cpu().tolist()  # [num_processes]
+        self.progress.epoch_nll = [a + b for a, b in zip(self.progress.epoch_nll, everyone)]
+        self.progress.epoch_train_seconds += time.time() - train_start
+
+    def end_epoch(self, epoch: int, epoch_start: float, cut_short: bool) -> bool:
+        """Validate, export best/, append the metrics record, then (for a completed epoch) apply the
+        learning-rate rule and start a fresh epoch. Returns whether the run is now cut short (the
+        learning rate fell below train.min_lr)."""
+        tc, progress, accelerator = self.tc, self.progress, self.accelerator
+        train_tokens = progress.chunk * self.rows * tc.seq_len
+        train_ppl = safe_exp(sum(progress.epoch_nll) / max(train_tokens, 1))
+        valid_ppl = score_stream(self.raw_model, self.splits["valid"], self.vocab.eos_id, tc.eval_chunk_len,
+                                 progress=accelerator.is_local_main_process).perplexity
+        if not math.isfinite(valid_ppl):
+            raise CharlmError(f"validation perplexity is not finite in epoch {epoch}; nothing exported. Lower train.lr")
+        record = EpochRecord(
+            epoch=round(progress.epoch + progress.chunk / self.chunks_per_epoch, 4) if cut_short else epoch,
+            step=progress.global_step,
+            lr=progress.lr,
+            train_ppl=round(train_ppl, 3),
+            valid_ppl=round(valid_ppl, 3),
+            tokens_per_sec=round(train_tokens / max(progress.epoch_train_seconds, 1e-9), 1),
+            seconds=round(time.time() - epoch_start, 1),
+        )
+        improved = valid_ppl < progress.best_valid
+        progress.best_valid = min(progress.best_valid, valid_ppl)
+        if accelerator.is_main_process:
+            self.write_record(record, improved)
+        if cut_short:
+            return True
+        progress.valid_history.append(valid_ppl)  # a completed epoch: the learning-rate rule, then a fresh epoch
+        if should_decay(progress.valid_history, tc):
+            self.set_lr(progress.lr * tc.lr_decay)
+        progress.epoch, progress.chunk = epoch, 0
+        progress.epoch_nll, progress.epoch_train_seconds = [0.0] * accelerator.num_processes, 0.0
+        return bool(tc.min_lr) and progress.lr < tc.min_lr
+
+    def write_record(self, record: EpochRecord, improved: bool) -> None:
+        """Main process: export best/ if validation improved, append the record, print it."""
+        if improved:
+            export_model(self.raw_model, self.vocab, self.output_dir / BEST_DIR, extra={
+                "train": dataclasses.asdict(self.tc), "valid_ppl": record.valid_ppl, "epoch": record.epoch})
+        try:
+            with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(dataclasses.asdict(record)) + "\n")
+        except OSError as err:
+            raise CharlmError(f"could not write {self.output_dir / METRICS_FILE} ({err.strerror}); is the disk "
+                              "full? free some space and run again with --resume") from None
+        tqdm.write(
+            f"epoch {record.epoch}: train ppl {record.train_ppl:.2f} | valid ppl {record.valid_ppl:.2f}"
+            f"{' (best)' if improved else ''} | lr {record.lr:g} | "
+            f"{record.tokens_per_sec:,.0f} tok/s | {record.seconds:.0f} s"
+        )
+
+    def show_speed(self, bar, k: int, nll_sum: torch.Tensor, train_start: float) -> None:
+        """The progress bar's running train perplexity, learning rate and tokens/s."""
+        tc, progress = self.tc, self.progress
+        done_tokens = (k + 1) * tc.batch_size * tc.seq_len
+        mean_nll = (progress.epoch_nll[self.accelerator.process_index] + float(nll_sum)) / done_tokens
+        elapsed = progress.epoch_train_seconds + time.time() - train_start
+        bar.set_postfix(ppl=f"{math.exp(min(mean_nll, 50)):.1f}", lr=f"{progress.lr:g}",
+                        tok_s=f"{(k + 1) * self.rows * tc.seq_len / max(elapsed, 1e-9):,.0f}", refresh=False)
+
+
+def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train a model; returns a summary (best validation perplexity, steps, seconds, and
+    ``stopped_by``: the number of the signal that stopped the run early, else 0)."""
+    run = Run(config, data_dir, output_dir, resume)
+    run.prepare_output()
+    run.restore()
+    run.print_summary()
+    tc, progress, accelerator = run.tc, run.progress, run.accelerator
+    output_dir = run.output_dir
 
     start_time = time.time()
     cut_short = False
     stopped_by = 0  # the signal (SIGINT, SIGTERM) that stopped the run, agreed by every process
     stop = StopRequest()
     with stop:
-        while progress["epoch"] < tc.max_epochs and not cut_short and not stopped_by:
-            epoch = progress["epoch"] + 1
+        while run.progress.epoch < tc.max_epochs and not cut_short and not stopped_by:
+            progress = run.progress
+            epoch = progress.epoch + 1
             epoch_start = time.time()
-            if progress["chunk"] == 0:
-                hidden = raw_model.init_hidden(tc.batch_size)  # a new pass over the text starts fresh
-            model.train()
-            bar = tqdm(total=chunks_per_epoch, initial=progress["chunk"], desc=f"epoch {epoch}/{tc.max_epochs}",
+            if progress.chunk == 0:
+                run.state = run.raw_model.initial_state(tc.batch_size)  # a new pass over the text starts fresh
+            run.model.train()
+            bar = tqdm(total=run.chunks_per_epoch, initial=progress.chunk, desc=f"epoch {epoch}/{tc.max_epochs}",
                        unit="chunk", disable=not accelerator.is_local_main_process, dynamic_ncols=True,
                        mininterval=1.0)
             # This process's summed NLL over the chunks trained since the last checkpoint.
             nll_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
             train_start = time.time()
             try:
-                for k in range(progress["chunk"], chunks_per_epoch):
-                    inputs, targets = (t.to(accelerator.device) for t in stream.chunk(k))
-                    with accelerator.accumulate(model):
-                        nll, hidden = model(inputs, hidden, targets)  # [B, T] per-token losses
-                        loss = sequence_loss(nll)
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients and tc.grad_clip > 0:
-                            accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                        optimizer.step()
-                        optimizer.zero_grad()
-                        if tc.clip_padding_gradient and accelerator.sync_gradients:
-                            raw_model.zero_padding_embedding()  # the update moved it; the reference resets it
-                    hidden = detach_hidden(hidden)
-                    nll_sum += loss.detach().double() * tc.batch_size  # summed over the chunk's B*T tokens
-                    recent.append((progress["global_step"] + 1, loss.detach()))
-                    progress["chunk"] = k + 1
+                for k in range(progress.chunk, run.chunks_per_epoch):
+                    loss = run.update(k)
+                    nll_sum += loss.double() * tc.batch_size  # summed over the chunk's B*T tokens
                     bar.update(1)
                     if not accelerator.sync_gradients:
                         continue
-                    progress["global_step"] += 1
-                    step = progress["global_step"]
-                    if step % tc.log_every == 0 or k + 1 == chunks_per_epoch:
-                        check_finite(epoch)
-                        done_tokens = (k + 1) * tc.batch_size * tc.seq_len
-                        mean_nll = (progress["epoch_nll"][accelerator.process_index] + float(nll_sum)) / done_tokens
-                        elapsed = progress["epoch_train_seconds"] + time.time() - train_start
-                        bar.set_postfix(ppl=f"{math.exp(min(mean_nll, 50)):.1f}", lr=f"{progress['lr']:g}",
-                                        tok_s=f"{(k + 1) * rows * tc.seq_len / max(elapsed, 1e-9):,.0f}", refresh=False)
+                    progress.global_step += 1
+                    step = progress.global_step
+                    if step % tc.log_every == 0 or k + 1 == run.chunks_per_epoch:
+                        run.check_finite(epoch)
+                        run.show_speed(bar, k, nll_sum, train_start)
                     cut_short = bool(tc.max_steps) and step >= tc.max_steps
                     if cut_short:
                         break
-                    if k + 1 == chunks_per_epoch:
+                    if k + 1 == run.chunks_per_epoch:
                         break  # a stop asked for now happens after the end-of-epoch work, with its state
                     # With several processes the stop request is agreed on every STOP_CHECK_EVERY updates.
                     if accelerator.num_processes == 1 or step % STOP_CHECK_EVERY == 0:
                         stopped_by = _agree(accelerator, stop.signum, "max")
                     if stopped_by or (tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0):
-                        _fold_counters(progress, nll_sum, train_start, accelerator)
+                        run.fold_counters(nll_sum, train_start)
                         nll_sum.zero_()
                         train_start = time.time()
-                        checkpoint(epoch)
+                        run.checkpoint(epoch)
                     if stopped_by:
                         break
             finally:
                 bar.close()  # also on an error: the message then starts on a line of its own
             if stopped_by:
                 break
-            _fold_counters(progress, nll_sum, train_start, accelerator)
-            check_finite(epoch, weights=True)  # before validating and exporting
-
-            # ---- end of the epoch (or of a run cut short by max_steps): validate, export, record
-            train_tokens = progress["chunk"] * rows * tc.seq_len
-            train_ppl = safe_exp(sum(progress["epoch_nll"]) / max(train_tokens, 1))
-            valid_ppl = score_stream(raw_model, splits["valid"], vocab.eos_id, tc.eval_chunk_len,
-                                     progress=accelerator.is_local_main_process).perplexity
-            if not math.isfinite(valid_ppl):
-                raise CharlmError(f"validation perplexity is not finite in epoch {epoch}; nothing exported. "
-                                  "Lower train.lr")
-            record = {
-                "epoch": round(progress["epoch"] + progress["chunk"] / chunks_per_epoch, 4) if cut_short else epoch,
-                "step": progress["global_step"],
-                "lr": progress["lr"],
-                "train_ppl": round(train_ppl, 3),
-                "valid_ppl": round(valid_ppl, 3),
-                "tokens_per_sec": round(train_tokens / max(progress["epoch_train_seconds"], 1e-9), 1),
-                "seconds": round(time.time() - epoch_start, 1),
-            }
-            improved = valid_ppl < progress["best_valid"]
-            progress["best_valid"] = min(progress["best_valid"], valid_ppl)
-            if accelerator.is_main_process:
-                if improved:
-                    export_model(raw_model, vocab, output_dir / BEST_DIR, extra={
-                        "train": dataclasses.asdict(tc), "valid_ppl": valid_ppl, "epoch": record["epoch"]})
-                try:
-                    with open(output_dir / METRICS_FILE, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(record) + "\n")
-                except OSError as err:
-                    raise CharlmError(f"could not write {output_dir / METRICS_FILE} ({err.strerror}); is the disk "
-                                      "full? free some space and run again with --resume") from None
-                tqdm.write(
-                    f"epoch {record['epoch']}: train ppl {train_ppl:.2f} | valid ppl {valid_ppl:.2f}"
-                    f"{' (best)' if improved else ''} | lr {progress['lr']:g} | "
-                    f"{record['tokens_per_sec']:,.0f} tok/s | {record['seconds']:.0f} s"
-                )
-            if not cut_short:  # a completed epoch: the learning-rate rule, then a fresh epoch
-                progress["valid_history"].append(valid_ppl)
-                if should_decay(progress["valid_history"], tc):
-                    progress["lr"] *= tc.lr_decay
-                    for group in optimizer.param_groups:
-                        group["lr"] = progress["lr"]
-                progress.update(epoch=epoch, chunk=0, epoch_nll=[0.0] * accelerator.num_processes,
-                                epoch_train_seconds=0.0)
-                if tc.min_lr and progress["lr"] < tc.min_lr:
-                    cut_short = True
-            checkpoint(epoch)
-            if progress["epoch"] < tc.max_epochs and not cut_short:  # more to do: honour a stop request now
+            run.fold_counters(nll_sum, train_start)
+            run.check_finite(epoch, weights=True)  # before validating and exporting
+            cut_short = run.end_epoch(epoch, epoch_start, cut_short)
+            run.checkpoint(epoch)
+            if run.progress.epoch < tc.max_epochs and not cut_short:  # more to do: honour a stop request now
                 stopped_by = _agree(accelerator, stop.signum, "max")
 
+    progress = run.progress
     summary = {
-        "best_valid_ppl": progress["best_valid"],
-        "updates": progress["global_step"],
+        "best_valid_ppl": progress.best_valid,
+        "updates": progress.global_step,
         "seconds": round(time.time() - start_time, 1),
         "output_dir": str(output_dir),
         "stopped_by": stopped_by,
     }
     if accelerator.is_main_process:
         if stopped_by:
-            print(f"stopped by {signal.Signals(stopped_by).name} after update {progress['global_step']}; state "
+            print(f"stopped by {signal.Signals(stopped_by).name} after update {progress.global_step}; state "
                   f"saved in {complete_checkpoints(output_dir)[-1]}; to continue, run the same command with --resume",
                   file=sys.stderr, flush=True)
         else:
@@ -414,14 +508,6 @@ def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resum
             print(f"done: best valid ppl {summary['best_valid_ppl']:.2f}; model exported to {output_dir / BEST_DIR}")
     accelerator.end_training()
     return summary
-
-
-def _fold_counters(progress: dict[str, Any], nll_sum: torch.Tensor, train_start: float, accelerator) -> None:
-    """Add the loss summed since the last fold (from every process) and the time to ``progress``,
-    which is what a checkpoint records, so a resumed epoch reports the same train perplexity."""
-    everyone = accelerator.gather(nll_sum.reshape(1)).cpu().tolist()  # [num_processes]
-    progress["epoch_nll"] = [a + b for a, b in zip(progress["epoch_nll"], everyone)]
-    progress["epoch_train_seconds"] += time.time() - train_start
 
 
 def _write_plot(output_dir: Path) -> None:

@@ -23,6 +23,7 @@ from charlm.cli import main
 from charlm.config import ModelConfig
 from charlm.corpus import load_corpus
 from charlm.model import CharLM
+from charlm.nn import detach_state
 
 SUBJECTS = ["the trader", "the traders", "a computer", "the computers", "richard", "edward", "the market",
             "a teacher", "the players", "gerard"]
@@ -91,13 +92,13 @@ def train_steps(
     targets = data[1 : rows * cols + 1].view(rows, cols)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    hidden = model.init_hidden(rows)
+    hidden = model.initial_state(rows)
     for step in range(steps):
         start = (step * seq_len) % (cols - seq_len)
         if start < seq_len:  # a new pass over the rows: start from a fresh state
-            hidden = model.init_hidden(rows)
+            hidden = model.initial_state(rows)
         logits, hidden = model(inputs[:, start : start + seq_len], hidden)
-        hidden = (hidden[0].detach(), hidden[1].detach())
+        hidden = detach_state(hidden)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets[:, start : start + seq_len].reshape(-1))
         optimizer.zero_grad()
         loss.backward()
@@ -115,7 +116,7 @@ def build(base: Path) -> TrainedModel:
     export_model(model, vocab, model_dir)
 
     with torch.no_grad():
-        model.decoder.bias[vocab.unk_id] += 12.0
+        model.output.decoder.bias[vocab.unk_id] += 12.0
     unk_model_dir = base / "unk-model"
     export_model(model, vocab, unk_model_dir)
 

@@ -32,7 +32,7 @@ def variants(trained, tmp_path_factory):
     }.items():
         torch.manual_seed(1)
         config = tiny_config(vocab, **changes)
-        export_model(CharLM(config, None if config.input == "word" else vocab.spellings()), vocab, base / name)
+        export_model(CharLM(config, vocab.spellings() if config.uses_spellings else None), vocab, base / name)
         dirs[name] = base / name
     return dirs
 

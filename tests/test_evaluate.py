@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 @torch.inference_mode()
 def token_by_token_perplexity(model, ids, start_id) -> float:
     """The plainest possible loop: one token per call, hidden state carried."""
-    hidden = model.init_hidden(1)
+    hidden = model.initial_state(1)
     previous, nll = start_id, 0.0
     for target in ids.tolist():
         logits, hidden = model(torch.tensor([[previous]]), hidden)  # [1, 1, V]

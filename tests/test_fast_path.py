@@ -36,7 +36,8 @@ def plain_grad_of(plain, name):
         t = getattr(plain.transforms[i], kind).grad
         g = getattr(plain.gates[i], kind).grad
         return torch.cat([t, g]) if t.dim() == 1 else torch.cat([t, g], dim=0)
-    mapped = name.replace("char_cnn.embedding", "embedding").replace("char_cnn.convs", "convs")
+    mapped = (name.replace("encoder.char_cnn.embedding", "embedding").replace("encoder.char_cnn.convs", "convs")
+              .replace("core.lstm.", "lstm.").replace("output.decoder.", "decoder."))
     return dict(plain.named_parameters())[mapped].grad
 
 
@@ -44,7 +45,7 @@ def plain_grad_of(plain, name):
 def test_fp32_fast_path_equals_plain_loss_and_gradients(highway_layers):
     model, plain = twin_models(highway_layers=highway_layers)
     words, targets = torch.randint(0, 30, (3, 9)), torch.randint(0, 30, (3, 9))
-    nll, _ = model(words, model.init_hidden(3), targets)
+    nll, _ = model(words, model.initial_state(3), targets)
     loss = nll.sum(1).mean()
     loss.backward()
     plain_loss = plain_gradients(plain, words, targets)
@@ -57,12 +58,12 @@ def test_bf16_fast_path_close_to_fp32_plain():
     model, plain = twin_models()
     words, targets = torch.randint(0, 30, (3, 9)), torch.randint(0, 30, (3, 9))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        nll, _ = model(words, model.init_hidden(3), targets)
+        nll, _ = model(words, model.initial_state(3), targets)
         loss = nll.sum(1).mean()
     loss.backward()
     plain_loss = plain_gradients(plain, words, targets)
     torch.testing.assert_close(loss, plain_loss, rtol=1e-2, atol=1e-2)
-    grad, plain_grad = model.decoder.weight.grad, plain.decoder.weight.grad
+    grad, plain_grad = model.output.decoder.weight.grad, plain.decoder.weight.grad
     cosine = F.cosine_similarity(grad.flatten(), plain_grad.flatten(), dim=0)
     assert cosine > 0.99
 
@@ -80,7 +81,7 @@ def test_word_models_have_no_char_path():
     torch.manual_seed(0)
     config = dataclasses.replace(tiny_config(), input="word", word_embed_dim=8, highway="none")
     model = CharLM(config)
-    assert model.char_cnn is None and not hasattr(model, "spellings")
+    assert model.encoder.char_cnn is None and not hasattr(model.encoder, "spellings")
 
 
 def test_benchmark_runs_and_its_two_evaluations_agree(tmp_path):

@@ -69,7 +69,7 @@ def test_unknown_prompt_word_is_read_from_its_spelling(loaded):
 def test_empty_prompt_starts_after_end_of_sentence(loaded):
     model, vocab = loaded
     with torch.inference_mode():
-        logits, _ = model(torch.tensor([[vocab.eos_id]]), model.init_hidden(1))
+        logits, _ = model(torch.tensor([[vocab.eos_id]]), model.initial_state(1))
     torch.testing.assert_close(next_word_distribution(model, vocab, ""), torch.softmax(logits[0, 0], -1))
     torch.testing.assert_close(next_word_distribution(model, vocab, "   "), torch.softmax(logits[0, 0], -1))
 

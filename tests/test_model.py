@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from charlm.config import ModelConfig, load_config
-from charlm.model import CharCNN, CharLM, Highway
-from charlm.ops import Dropout
+from charlm.model import CharLM
+from charlm.nn import CharCNN, Highway
+from charlm.nn import Dropout
 from charlm.vocab import PAD_CHAR
 
 
@@ -71,7 +72,7 @@ def test_gate_bias_and_initialisation():
     for layer in model.highway.layers:
         transform_bias = layer.bias[: config.input_size]
         assert transform_bias.abs().max() <= 0.05
-    assert model.char_cnn.embedding.weight[PAD_CHAR].abs().max() == 0
+    assert model.encoder.char_cnn.embedding.weight[PAD_CHAR].abs().max() == 0
     others = [p for n, p in model.named_parameters() if "highway" not in n]
     assert all(p.abs().max() <= 0.05 for p in others)
     # At the start the gates mostly carry: mean gate near sigmoid(-2) = 0.12.
@@ -147,7 +148,7 @@ def test_dropout_mask_rate_scale_and_gradient():
 def test_unique_word_encoding_equals_per_token_encoding():
     model = CharLM(tiny_config(), random_spellings())
     words = torch.randint(0, 30, (3, 9))
-    per_token = model.highway(model.char_cnn(model.spellings[words.flatten()])).view(3, 9, -1)
+    per_token = model.highway(model.encoder.char_cnn(model.encoder.spellings[words.flatten()])).view(3, 9, -1)
     torch.testing.assert_close(model.embed(words), per_token)
 
 
@@ -158,7 +159,7 @@ def test_initial_loss_is_log_vocab(input_kind):
     config = tiny_config(input=input_kind, vocab_size=vocab_size, word_embed_dim=8)
     model = CharLM(config, random_spellings(vocab_size) if input_kind != "word" else None)
     words = torch.randint(0, vocab_size, (4, 20))
-    logits, _ = model(words, model.init_hidden(4))
+    logits, _ = model(words, model.initial_state(4))
     loss = F.cross_entropy(logits.flatten(0, 1), torch.randint(0, vocab_size, (80,)))
     assert abs(loss.item() - math.log(vocab_size)) < 0.1
 
@@ -169,7 +170,7 @@ def test_tiny_model_overfits_short_text():
     text = torch.tensor([[3, 7, 1, 9, 4, 4, 12, 18, 5, 29, 3, 7, 1, 9, 22, 0, 15]])
     optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
     for _ in range(300):
-        logits, _ = model(text[:, :-1], model.init_hidden(1))
+        logits, _ = model(text[:, :-1], model.initial_state(1))
         loss = F.cross_entropy(logits[0], text[0, 1:])
         optimizer.zero_grad()
         loss.backward()
@@ -181,8 +182,8 @@ def test_chunked_forward_with_carried_state_equals_one_pass():
     """Carrying (h, c) between chunks is exactly running the whole sequence at once."""
     model = CharLM(tiny_config(), random_spellings()).eval()
     words = torch.randint(0, 30, (2, 21))
-    full, _ = model(words, model.init_hidden(2))
-    hidden, pieces = model.init_hidden(2), []
+    full, _ = model(words, model.initial_state(2))
+    hidden, pieces = model.initial_state(2), []
     for chunk in words.split(7, dim=1):
         logits, hidden = model(chunk, hidden)
         pieces.append(logits)
@@ -194,7 +195,7 @@ def test_single_lstm_bias_per_gate_stays_zero_and_keeps_the_rest_of_the_initiali
     two = CharLM(tiny_config(), random_spellings())
     torch.manual_seed(0)
     one = CharLM(tiny_config(lstm_recurrent_bias=False), random_spellings())
-    recurrent = {f"lstm.bias_hh_l{k}" for k in range(2)}
+    recurrent = {f"core.lstm.bias_hh_l{k}" for k in range(2)}
     for (name, p), (_, q) in zip(two.named_parameters(), one.named_parameters()):
         if name in recurrent:
             assert q.abs().max() == 0 and not q.requires_grad
@@ -202,19 +203,19 @@ def test_single_lstm_bias_per_gate_stays_zero_and_keeps_the_rest_of_the_initiali
             assert torch.equal(p, q), name
     assert two.num_parameters() - one.num_parameters() == 2 * 4 * 16
     optimizer = torch.optim.SGD(one.parameters(), lr=1.0)
-    loss, _ = one(torch.randint(0, 30, (2, 5)), one.init_hidden(2), torch.randint(0, 30, (2, 5)))
+    loss, _ = one(torch.randint(0, 30, (2, 5)), one.initial_state(2), torch.randint(0, 30, (2, 5)))
     loss.sum().backward()
     torch.nn.utils.clip_grad_norm_(one.parameters(), 5.0)
     optimizer.step()
-    assert all(one.lstm.get_parameter(name.removeprefix("lstm.")).abs().max() == 0 for name in recurrent)
-    assert one.lstm.bias_ih_l0.grad is not None and one.lstm.bias_ih_l0.grad.abs().max() > 0
+    assert all(one.core.lstm.get_parameter(name.removeprefix("core.lstm.")).abs().max() == 0 for name in recurrent)
+    assert one.core.lstm.bias_ih_l0.grad is not None and one.core.lstm.bias_ih_l0.grad.abs().max() > 0
 
 
 def test_padding_row_gets_no_gradient():
     model = CharLM(tiny_config(), random_spellings())
-    logits, _ = model(torch.randint(0, 30, (2, 5)), model.init_hidden(2))
+    logits, _ = model(torch.randint(0, 30, (2, 5)), model.initial_state(2))
     logits.sum().backward()
-    assert model.char_cnn.embedding.weight.grad[PAD_CHAR].abs().max() == 0
+    assert model.encoder.char_cnn.embedding.weight.grad[PAD_CHAR].abs().max() == 0
 
 
 def test_padding_gradient_when_asked_counts_in_the_clipped_norm_and_changes_nothing_else():
@@ -224,7 +225,7 @@ def test_padding_gradient_when_asked_counts_in_the_clipped_norm_and_changes_noth
 
     def gradients(model):
         model.zero_grad()
-        nll, _ = model(words, model.init_hidden(2), targets)
+        nll, _ = model(words, model.initial_state(2), targets)
         nll.sum().backward()
         return {name: p.grad.clone() for name, p in model.named_parameters()}
 
@@ -233,21 +234,21 @@ def test_padding_gradient_when_asked_counts_in_the_clipped_norm_and_changes_noth
     frozen = gradients(model)
     model.set_padding_gradient(True)
     counted = gradients(model)
-    pad = counted["char_cnn.embedding.weight"][PAD_CHAR]
-    assert pad.abs().max() > 0 and frozen["char_cnn.embedding.weight"][PAD_CHAR].abs().max() == 0
+    pad = counted["encoder.char_cnn.embedding.weight"][PAD_CHAR]
+    assert pad.abs().max() > 0 and frozen["encoder.char_cnn.embedding.weight"][PAD_CHAR].abs().max() == 0
     for name in frozen:  # every other gradient, the padding row's neighbours included, is unchanged
         other = counted[name].clone()
-        if name == "char_cnn.embedding.weight":
+        if name == "encoder.char_cnn.embedding.weight":
             other[PAD_CHAR] = 0
         torch.testing.assert_close(other, frozen[name], rtol=0, atol=0)
     norm = lambda grads: torch.cat([g.flatten() for g in grads.values()]).norm()  # noqa: E731
     torch.testing.assert_close(norm(counted) ** 2, norm(frozen) ** 2 + pad.norm() ** 2)
     torch.optim.SGD(model.parameters(), lr=1.0).step()
-    assert model.char_cnn.embedding.weight[PAD_CHAR].abs().max() > 0  # the step moved it...
+    assert model.encoder.char_cnn.embedding.weight[PAD_CHAR].abs().max() > 0  # the step moved it...
     model.zero_padding_embedding()
-    assert model.char_cnn.embedding.weight[PAD_CHAR].abs().max() == 0  # ...and this puts it back
+    assert model.encoder.char_cnn.embedding.weight[PAD_CHAR].abs().max() == 0  # ...and this puts it back
     model.set_padding_gradient(False)
-    assert gradients(model)["char_cnn.embedding.weight"][PAD_CHAR].abs().max() == 0
+    assert gradients(model)["encoder.char_cnn.embedding.weight"][PAD_CHAR].abs().max() == 0
 
 
 def test_paper_configs_parameter_counts():
@@ -257,14 +258,14 @@ def test_paper_configs_parameter_counts():
         config = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
         # PTB: 10,000 words, 50 characters + 6 reserved ids, longest word 19 + 2 markers
         model_config = dataclasses.replace(config.model, vocab_size=10000, char_vocab_size=56, max_word_length=21)
-        spellings = torch.zeros(10000, 21, dtype=torch.long) if model_config.input != "word" else None
+        spellings = torch.zeros(10000, 21, dtype=torch.long) if model_config.uses_spellings else None
         count = CharLM(model_config, spellings).num_parameters()
         assert abs(count / target - 1) < 0.03, (name, count)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_softmax_layer_matches_cross_entropy(dtype):
-    from charlm.ops import linear_cross_entropy
+    from charlm.nn import linear_cross_entropy
 
     torch.manual_seed(0)
     hidden = torch.randn(300, 16, requires_grad=True)
@@ -289,7 +290,7 @@ def test_fused_softmax_layer_matches_cross_entropy(dtype):
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "no input requires grad"])
 def test_fused_softmax_layer_without_gradient_gives_the_same_loss(mode):
     # Scoring calls the fused layer where no gradient is wanted: it then only computes the loss.
-    from charlm.ops import linear_cross_entropy
+    from charlm.nn import linear_cross_entropy
 
     torch.manual_seed(0)
     hidden, decoder, targets = torch.randn(600, 16), torch.nn.Linear(16, 50), torch.randint(0, 50, (600,))
@@ -307,6 +308,6 @@ def test_fused_softmax_layer_without_gradient_gives_the_same_loss(mode):
 def test_loss_path_equals_logits_path():
     model = CharLM(tiny_config(), random_spellings())
     words, targets = torch.randint(0, 30, (2, 6)), torch.randint(0, 30, (2, 6))
-    logits, _ = model(words, model.init_hidden(2))
-    nll, _ = model(words, model.init_hidden(2), targets)
+    logits, _ = model(words, model.initial_state(2))
+    nll, _ = model(words, model.initial_state(2), targets)
     torch.testing.assert_close(nll, F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(2, 6))

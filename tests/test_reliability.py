@@ -266,7 +266,7 @@ def test_export_refuses_nan_weights(corpus, tmp_path):
     vocab = load_corpus(corpus)[0]
     model = CharLM(tiny_config(vocab), vocab.spellings())
     with torch.no_grad():
-        model.decoder.bias[3] = float("nan")
+        model.output.decoder.bias[3] = float("nan")
     with pytest.raises(CharlmError, match="NaN or infinity"):
         export_model(model, vocab, tmp_path / "best")
     assert not (tmp_path / "best").exists() and not (tmp_path / "best.tmp").exists()
@@ -447,7 +447,10 @@ def test_resume_with_another_model_size_is_one_line(saved_run, corpus, tmp_path,
     output_dir, _ = tampered_copy(saved_run, tmp_path)
     code, _, err = run_cli(capsys, *train_args(corpus, output_dir, "train.max_steps=3", "model.hidden_size=16"),
                            "--resume")
-    assert "cannot load checkpoint" in assert_one_line_error(code, err)
+    line = assert_one_line_error(code, err)
+    # The field that differs, its two values, and the run's own config to resume with.
+    assert "model.hidden_size=" in line and "asks for 16" in line
+    assert f"--config {output_dir / 'config.json'}" in line
 
 
 def test_truncated_weights_in_best_are_one_line(saved_run, corpus, tmp_path, capsys):

@@ -121,7 +121,7 @@ def test_clip_padding_gradient_lets_the_row_learn_then_zeroes_it_after_every_upd
     original = CharLM.zero_padding_embedding
 
     def spy(model):
-        calls.append(model.char_cnn.embedding.padding_idx)
+        calls.append(model.encoder.char_cnn.embedding.padding_idx)
         original(model)
 
     monkeypatch.setattr(CharLM, "zero_padding_embedding", spy)
@@ -134,7 +134,7 @@ def test_clip_padding_gradient_lets_the_row_learn_then_zeroes_it_after_every_upd
     assert run_train(corpus, tmp_path / "accumulated", "train.max_steps=2", "train.gradient_accumulation_steps=2") == 0
     assert calls == [0, None, None]  # after each update, not after each of its 4 chunks
     weights = load_file(str(tmp_path / "counted" / "best" / "model.safetensors"))
-    assert weights["char_cnn.embedding.weight"][0].abs().max() == 0
+    assert weights["encoder.char_cnn.embedding.weight"][0].abs().max() == 0
 
 
 def test_resume_mid_epoch_equals_uninterrupted(corpus, tmp_path):

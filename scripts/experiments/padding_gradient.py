@@ -23,7 +23,7 @@ import torch
 from charlm.checkpoint import load_model
 from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
-from charlm.model import detach_hidden
+from charlm.nn import detach_state
 from charlm.train import TextStream, sequence_loss
 from charlm.vocab import PAD_CHAR
 
@@ -40,7 +40,7 @@ def measure(args: argparse.Namespace) -> None:
     if args.chunks < 1 or args.clip <= 0:
         raise CharlmError("--chunks must be at least 1 and --clip positive")
     model, _ = load_model(args.checkpoint)
-    if model.char_cnn is None:
+    if model.encoder.char_cnn is None:
         raise CharlmError(f"{args.checkpoint} is a word-level model: it has no character padding row")
     torch.manual_seed(args.seed)
     if args.init:
@@ -50,17 +50,17 @@ def measure(args: argparse.Namespace) -> None:
     stream = TextStream(load_corpus(args.data_dir)[1]["train"], args.batch_size, args.seq_len, 0, args.batch_size)
     if stream.num_chunks < args.chunks:
         raise CharlmError(f"the training split has {stream.num_chunks} chunks, fewer than --chunks; lower it")
-    hidden = model.init_hidden(args.batch_size)
+    hidden = model.initial_state(args.batch_size)
     padding, others, clipped_without, clipped_with, shrink = [], [], 0, 0, []
     for k in range(args.chunks):
         inputs, targets = stream.chunk(k)
         model.zero_grad()
         nll, hidden = model(inputs, hidden, targets)
-        hidden = detach_hidden(hidden)
+        hidden = detach_state(hidden)
         sequence_loss(nll).backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         total = torch.sqrt(sum(g.pow(2).sum() for g in grads)).item()
-        pad = model.char_cnn.embedding.weight.grad[PAD_CHAR].norm().item()
+        pad = model.encoder.char_cnn.embedding.weight.grad[PAD_CHAR].norm().item()
         rest = (total**2 - pad**2) ** 0.5
         padding.append(pad)
         others.append(rest)

@@ -22,7 +22,7 @@ from torch import nn
 from charlm.checkpoint import load_model
 from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
-from charlm.model import detach_hidden
+from charlm.nn import detach_state
 from charlm.train import TextStream, sequence_loss
 
 _script = Path(__file__).with_name("reference_stale_state.py")
@@ -38,9 +38,9 @@ def gradient(model, inputs, targets, hidden, lstm_forward):
     nll, hidden = model(inputs, hidden, targets)
     sequence_loss(nll).backward()
     flat = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-    recurrent = torch.cat([getattr(model.lstm, f"weight_hh_l{i}").grad.flatten()
-                           for i in range(model.lstm.num_layers)])
-    return flat, recurrent, detach_hidden(hidden)
+    recurrent = torch.cat([getattr(model.core.lstm, f"weight_hh_l{i}").grad.flatten()
+                           for i in range(model.core.lstm.num_layers)])
+    return flat, recurrent, detach_state(hidden)
 
 
 def main() -> int:
@@ -54,14 +54,14 @@ def measure(args: argparse.Namespace) -> None:
         raise CharlmError("--chunks must be at least 2 (consecutive chunks are compared) and --skip at least 0")
     model, _ = load_model(args.checkpoint)
     model.train()  # the training path, with every dropout off so both gradients see the same net
-    model.lstm.dropout = 0.0
-    model.output_dropout.p = 0.0
+    model.core.lstm.dropout = 0.0
+    model.core.output_dropout.p = 0.0
     batch_size = args.batch_size
     stream = TextStream(load_corpus(args.data_dir)[1]["train"], batch_size, args.seq_len, 0, batch_size)
     if stream.num_chunks < args.skip + args.chunks:
         raise CharlmError(f"the training split has {stream.num_chunks} chunks, fewer than --skip + --chunks; "
                           "lower them")
-    hidden = model.init_hidden(batch_size)
+    hidden = model.initial_state(batch_size)
     with torch.no_grad():
         for k in range(args.skip):
             hidden = model(stream.chunk(k)[0], hidden)[1]

@@ -1,0 +1,38 @@
+"""The building blocks of a character-aware language model; no I/O here.
+
+    word ids -> encoder (char-CNN, word embedding) -> highway -> recurrent core -> output layer
+
+| file | what |
+|---|---|
+| ``encoder.py`` | :class:`CharCNN`, :class:`WordEncoder` (char-CNN once per distinct word) |
+| ``highway.py`` | :class:`Highway` (highway / mlp / residual layers, the gate-bias initialisation) |
+| ``dropout.py`` | :class:`Dropout`, :class:`LockedDropout` (variational), :func:`drop_weights` (DropConnect) |
+| ``core.py`` | the recurrent core's protocol (:class:`RecurrentCore`, named-tensor states) |
+| ``lstm.py`` | :class:`LSTMCore`: the paper's stacked LSTM (+ locked dropout, weight drop) |
+| ``rhn.py`` | :class:`RHNCore`: the Recurrent Highway Network (Zilly et al. 2017) |
+| ``output.py`` | the output layer's protocol (:class:`OutputLayer`) and :class:`FullSoftmax` |
+| ``char_softmax.py`` | :class:`CharSoftmax`: output embeddings from spellings (Jozefowicz et al. 2016) |
+| ``fused_softmax.py`` | :func:`linear_cross_entropy`: the softmax loss in one sweep (CPU speed) |
+
+``CORES`` and ``OUTPUTS`` map the names of ``model.core`` and ``model.output`` to the classes; the
+config accepts exactly their keys.
+"""
+
+from charlm.nn.char_softmax import CharSoftmax
+from charlm.nn.core import RecurrentCore, State, detach_state, expand_state
+from charlm.nn.dropout import Dropout, LockedDropout, drop_weights
+from charlm.nn.encoder import CharCNN, WordEncoder
+from charlm.nn.fused_softmax import linear_cross_entropy
+from charlm.nn.highway import ACTIVATION_FUNCTIONS, Highway
+from charlm.nn.lstm import LSTMCore
+from charlm.nn.output import FullSoftmax, OutputLayer
+from charlm.nn.rhn import RHNCore
+
+CORES: dict[str, type[RecurrentCore]] = {"lstm": LSTMCore, "rhn": RHNCore}
+OUTPUTS: dict[str, type[OutputLayer]] = {"full": FullSoftmax, "char": CharSoftmax}
+
+__all__ = [
+    "ACTIVATION_FUNCTIONS", "CORES", "OUTPUTS", "CharCNN", "CharSoftmax", "Dropout", "FullSoftmax", "Highway",
+    "LSTMCore", "LockedDropout", "OutputLayer", "RHNCore", "RecurrentCore", "State", "WordEncoder",
+    "detach_state", "drop_weights", "expand_state", "linear_cross_entropy",
+]

@@ -1,0 +1,108 @@
+"""A character-aware output layer: the "CNN softmax" of Jozefowicz et al. (2016).
+
+The output embedding of word w is computed from its spelling instead of being a free row of a
+``[V, H]`` matrix::
+
+    [e_w; b_w] = P f(spelling_w) + Q c_w          logit_w = e_w . h + b_w
+
+where f is a character encoder (the output's own char-CNN, or the input's char-CNN and highway
+layers: ``model.output_share_encoder``), P a projection to the core's size plus one (the word's
+bias, so that the bias too comes from the spelling), and c_w an optional small per-word
+correction (``model.output_correction_dim``; Q projects it) for what the spelling cannot say.
+Input and output are so tied through the spelling, the output costs ``O(filters x H)``
+parameters instead of ``O(V x H)``, and any word, in the vocabulary or not, has a logit:
+:meth:`CharSoftmax.spelling_logits` (an unseen word has no correction).
+
+The table of every word's ``[e_w; b_w]`` is computed once per training forward pass (its gradient
+reaches the encoder), and once for a whole scoring or sampling run under :meth:`frozen`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+from torch import nn
+
+from charlm.nn.encoder import SPELLING_BLOCK, CharCNN
+from charlm.nn.fused_softmax import linear_cross_entropy
+from charlm.nn.output import OutputLayer
+
+
+class CharSoftmax(OutputLayer):
+    """Args:
+        hidden_size: size of the core's outputs.
+        spellings: ``[V, L]`` character ids of every vocabulary word.
+        char_cnn: the output's own encoder (``None`` when ``shared`` is given).
+        shared: a function ``chars [N, L] -> [N, feature_size]`` of the input side (not a
+            submodule of this layer: its weights belong to the input side).
+        feature_size: the encoder's output size.
+        correction_dim: size of the per-word correction (0: none).
+    """
+
+    def __init__(self, hidden_size: int, spellings: torch.Tensor, feature_size: int, *,
+                 char_cnn: CharCNN | None = None, shared: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 correction_dim: int = 0):
+        super().__init__()
+        if (char_cnn is None) == (shared is None):
+            raise ValueError("give the output layer either its own char_cnn or a shared encoder")
+        self.input_size, self.vocab_size = hidden_size, spellings.size(0)
+        self.char_cnn = char_cnn
+        self.__dict__["_shared"] = shared  # a plain attribute: the input side owns those weights
+        self.register_buffer("spellings", spellings.long().clone(), persistent=False)
+        self.projection = nn.Linear(feature_size, hidden_size + 1)  # [P_e; p_b]
+        self.correction = nn.Embedding(self.vocab_size, correction_dim) if correction_dim else None
+        self.correction_projection = nn.Linear(correction_dim, hidden_size + 1, bias=False) if correction_dim else None
+        self._frozen_table: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_config(cls, config, model) -> "CharSoftmax":
+        hidden = model.core.output_size
+        if config.output_share_encoder:
+            return cls(hidden, model.encoder.spellings, model.config.input_size,
+                       shared=model.encode_spellings, correction_dim=config.output_correction_dim)
+        filters = config.output_num_filters or config.num_filters
+        cnn = CharCNN(config.char_vocab_size, config.char_embed_dim, config.kernel_widths, filters)
+        return cls(hidden, model.encoder.spellings, cnn.output_size, char_cnn=cnn,
+                   correction_dim=config.output_correction_dim)
+
+    def spelling_features(self, chars: torch.Tensor) -> torch.Tensor:
+        """Character ids ``[N, L]`` -> encoder features ``[N, feature_size]``."""
+        return self._shared(chars) if self.char_cnn is None else self.char_cnn(chars)
+
+    def word_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every vocabulary word's output embedding ``[V, H]`` and bias ``[V]``."""
+        if self._frozen_table is not None:
+            return self._frozen_table
+        features = torch.cat([self.spelling_features(block) for block in self.spellings.split(SPELLING_BLOCK)])
+        table = self.projection(features)  # [V, H + 1]
+        if self.correction is not None:
+            table = table + self.correction_projection(self.correction.weight)
+        return table[:, :-1], table[:, -1]
+
+    def nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.word_table()
+        return linear_cross_entropy(hidden, weight, bias, targets)
+
+    def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.word_table()
+        return torch.log_softmax(torch.addmm(bias, hidden, weight.t()).float(), dim=-1)
+
+    def spelling_logits(self, hidden: torch.Tensor, chars: torch.Tensor) -> torch.Tensor:
+        """The logit ``e_w . h + b_w`` of the word spelled by row n of ``chars``, under the state
+        ``hidden[n]``: ``[N, H]``, ``[N, L]`` -> ``[N]`` float32 (no per-word correction)."""
+        table = self.projection(self.spelling_features(chars))  # [N, H + 1]
+        return ((table[:, :-1] * hidden).sum(-1) + table[:, -1]).float()
+
+    @contextlib.contextmanager
+    def frozen(self):
+        if self._frozen_table is not None:  # already inside: the outer one owns the table
+            yield
+            return
+        with torch.no_grad():
+            self._frozen_table = self.word_table()
+        try:
+            yield
+        finally:
+            self._frozen_table = None
