@@ -213,6 +213,47 @@ def perplexity(
     return result
 
 
+def oov_by_spelling(model: CharLM, vocab: Vocabulary, lines: list[str], ids: np.ndarray,
+                    chunk_len: int = DEFAULTS.chunk_len) -> dict[str, Any]:
+    """The text's out-of-vocabulary tokens scored by their spelling (``model.output: char``).
+
+    The standard number scores such a token as ``<unk>``. A spelling-based output layer can give
+    the word itself a probability: its logit from its spelling, normalised over the vocabulary
+    with ``<unk>`` replaced by that word. Returned separately, never mixed into the perplexity:
+    ``{"oov_tokens", "oov_nll_as_unk", "oov_nll_by_spelling", "oov_ppl_as_unk", "oov_ppl_by_spelling"}``
+    (summed NLLs in nats; perplexities over the out-of-vocabulary tokens only).
+    """
+    from charlm.nn import CharSoftmax
+    from charlm.scoring import core_outputs, safe_exp
+
+    if not isinstance(model.output, CharSoftmax):
+        raise CharlmError(f"--oov-by-spelling needs a model with a spelling-based output layer (model.output: char); "
+                          f"this one has model.output: {model.config.output}")
+    eos = [vocab.words[vocab.eos_id]] if vocab.add_eos else []
+    tokens = [token for line in lines for token in (*vocab.tokenize(line), *eos)]
+    if len(tokens) != len(ids):  # pragma: no cover - the tokenizer's two views of a text disagree
+        raise CharlmError("the tokenizer split the text differently when asked for words and for ids; "
+                          "--oov-by-spelling cannot line them up")
+    unknown = [p for p, (token, i) in enumerate(zip(tokens, ids.tolist()))
+               if i == vocab.unk_id and not in_vocabulary_name(vocab, token)]
+    result: dict[str, Any] = {"oov_tokens": len(unknown)}
+    if not unknown:
+        return result
+    positions = torch.tensor(unknown)
+    hidden = core_outputs(model, ids, vocab.eos_id, positions, chunk_len)  # [n, H]
+    chars = torch.tensor([vocab.spell(tokens[p]) for p in unknown], device=hidden.device)
+    with torch.inference_mode(), model.output.frozen():
+        as_unk = -model.output.log_probs(hidden)[:, vocab.unk_id].double().sum().item()
+        spelled = -model.output.spelling_log_probs(hidden, chars, vocab.unk_id).double().sum().item()
+    return {**result, "oov_nll_as_unk": as_unk, "oov_nll_by_spelling": spelled,
+            "oov_ppl_as_unk": safe_exp(as_unk / len(unknown)), "oov_ppl_by_spelling": safe_exp(spelled / len(unknown))}
+
+
+def in_vocabulary_name(vocab: Vocabulary, token: str) -> bool:
+    """Whether ``token`` is a vocabulary word (``<unk>`` written in the text counts as one)."""
+    return vocab.word_id(token) != vocab.unk_id or vocab.normalize(token) == vocab.words[vocab.unk_id]
+
+
 def write_per_token(path: str | Path, vocab: Vocabulary, ids: np.ndarray, logprobs: np.ndarray) -> None:
     """Each token with its log-probability: TSV (header ``token\\tlogprob``) or JSONL (``*.jsonl``).
 
@@ -280,6 +321,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "where the batch-1 recurrence is the bottleneck, e.g. GPUs; not on a 2-core CPU)")
     parser.add_argument("--warmup", type=int, default=DEFAULTS.warmup, metavar="W",
                         help="with --columns > 1: unscored tokens each piece reads first (capped at the piece length)")
+    parser.add_argument("--oov-by-spelling", action="store_true",
+                        help="with --text-file and a model whose output layer reads spellings (model.output: char): "
+                             "also score the text's out-of-vocabulary words by their spelling instead of as <unk>, "
+                             "reported separately (the perplexity itself is unchanged)")
 
 
 @main_process_only  # the number needs the whole stream in one process; see the module docstring
@@ -290,8 +335,12 @@ def run(args: argparse.Namespace) -> int:
         raise CharlmError(f"--columns must be at least 1 and --warmup at least 0, got {args.columns} and {args.warmup}")
     if args.per_token:
         check_output_path(args.per_token)
+    if args.oov_by_spelling and args.text_file is None:
+        raise CharlmError("--oov-by-spelling needs --text-file: a prepared split holds <unk> ids, not the words")
     model, vocab = load_checkpoint(args.checkpoint, args.device)
     ids = input_ids(vocab, args)
+    spelled = oov_by_spelling(model, vocab, read_text_lines(args.text_file), ids, args.chunk_len) \
+        if args.oov_by_spelling else {}
     result = perplexity(model, vocab, ids, args.chunk_len, per_token=bool(args.per_token),
                         progress=sys.stderr.isatty(), bf16=args.bf16, columns=args.columns, warmup=args.warmup)
     logprobs = result.pop("logprobs", None)
@@ -300,8 +349,13 @@ def run(args: argparse.Namespace) -> int:
     source = {"text_file": str(args.text_file)} if args.text_file else {"data_dir": str(args.data_dir),
                                                                         "split": args.split}
     if args.json:
-        print(json.dumps({**result, "checkpoint": str(args.checkpoint), **source,
+        print(json.dumps({**result, **spelled, "checkpoint": str(args.checkpoint), **source,
                           "processes": process_state().num_processes}))
     else:
         print(format_result(result))
+        if spelled.get("oov_tokens"):
+            print(f"out-of-vocabulary tokens ({spelled['oov_tokens']:,}), scored separately: as <unk> perplexity "
+                  f"{spelled['oov_ppl_as_unk']:.3f}, by spelling {spelled['oov_ppl_by_spelling']:.3f}")
+        elif args.oov_by_spelling:
+            print("out-of-vocabulary tokens: none")
     return 0

@@ -155,6 +155,25 @@ def _score_stream(model, ids, start_id, chunk_len, per_token, progress, bf16, pi
     )
 
 
+@torch.inference_mode()
+def core_outputs(model: CharLM, ids: np.ndarray | torch.Tensor, start_id: int, positions: torch.Tensor,
+                 chunk_len: int = 2048) -> torch.Tensor:
+    """The core's output vectors ``[len(positions), H]`` that predict the tokens at ``positions`` of
+    the stream ``ids`` (state carried over the whole stream, eval mode), for the output layer."""
+    device = model.device
+    targets = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=device)
+    inputs = torch.cat([targets.new_tensor([start_id]), targets[:-1]])
+    positions = positions.to(device)
+    picked = []
+    with _eval_mode(model):
+        state = model.initial_state(1)
+        for start in range(0, inputs.numel(), chunk_len):
+            output, state = model.core(model.embed(inputs[None, start : start + chunk_len]), state)  # [1, T, H]
+            inside = positions[(positions >= start) & (positions < start + chunk_len)]
+            picked.append(output[0, inside - start])
+    return torch.cat(picked)
+
+
 def score_columns(
     model: CharLM,
     ids: np.ndarray | torch.Tensor,

@@ -246,3 +246,31 @@ def test_bad_options(trained, tmp_path, capsys):
         code, _, err = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file",
                                trained.text_file, "--device", "cuda")
         assert "CUDA" in assert_one_line_error(code, err)
+
+
+def test_oov_words_scored_by_spelling_are_reported_apart(trained, tmp_path, capsys):
+    """A spelling-based output scores the text's unseen words itself; the perplexity is unchanged."""
+    import dataclasses
+
+    from charlm.checkpoint import export_model
+    from charlm.corpus import load_corpus
+    from charlm.model import CharLM
+    from helpers_model import tiny_config
+
+    vocab = load_corpus(trained.data_dir)[0]
+    torch.manual_seed(0)
+    config = dataclasses.replace(tiny_config(vocab), output="char", output_num_filters=[4, 4, 4], output_correction_dim=4)
+    export_model(CharLM(config, vocab.spellings()), vocab, tmp_path / "char-output")
+    common = ["perplexity", "--checkpoint", tmp_path / "char-output", "--text-file", trained.text_file, "--json"]
+    code, plain, _ = run_cli(capsys, *common)
+    assert code == 0
+    code, spelled, _ = run_cli(capsys, *common, "--oov-by-spelling")
+    assert code == 0
+    plain, spelled = json.loads(plain), json.loads(spelled)
+    assert spelled["perplexity"] == plain["perplexity"]  # never mixed into the standard number
+    assert spelled["oov_tokens"] == 2  # "zyzzyva" and "flibbertigibbets"
+    assert spelled["oov_tokens"] <= plain["unk"]
+    assert spelled["oov_ppl_by_spelling"] > 1 and spelled["oov_ppl_as_unk"] > 1
+    code, _, err = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file", trained.text_file,
+                           "--oov-by-spelling")
+    assert "model.output: char" in assert_one_line_error(code, err)

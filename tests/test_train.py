@@ -137,12 +137,24 @@ def test_clip_padding_gradient_lets_the_row_learn_then_zeroes_it_after_every_upd
     assert weights["encoder.char_cnn.embedding.weight"][0].abs().max() == 0
 
 
-def test_resume_mid_epoch_equals_uninterrupted(corpus, tmp_path):
+# Every core and output (and the LSTM's dropout variants, which draw random numbers of their own).
+PARTS = {
+    "lstm-full": [],
+    "lstm-full-awd": ["model.locked_dropout=true", "model.weight_drop=0.3", "model.input_dropout=0.1"],
+    "rhn-full": ["model.core=rhn", "model.state_dropout=0.2", "model.input_dropout=0.1"],
+    "lstm-char": ["model.output=char", "model.output_num_filters=[4,4,4]", "model.output_correction_dim=4"],
+    "rhn-char": ["model.core=rhn", "model.output=char", "model.output_num_filters=[4,4,4]"],
+}
+
+
+@pytest.mark.parametrize("parts", PARTS)
+def test_resume_mid_epoch_equals_uninterrupted(corpus, tmp_path, parts):
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert run_train(corpus, full, "train.max_epochs=2", "train.checkpoint_every_steps=5") == 0
+    common = ["train.max_epochs=2", "train.checkpoint_every_steps=5", *PARTS[parts]]
+    assert run_train(corpus, full, *common) == 0
     # Stop mid-epoch 1, then resume (lifting the limit) to the end.
-    assert run_train(corpus, cut, "train.max_epochs=2", "train.checkpoint_every_steps=5", "train.max_steps=7") == 0
-    assert run_train(corpus, cut, "train.max_epochs=2", "train.checkpoint_every_steps=5", resume=True) == 0
+    assert run_train(corpus, cut, *common, "train.max_steps=7") == 0
+    assert run_train(corpus, cut, *common, resume=True) == 0
     a, b = newest_weights(full), newest_weights(cut)
     assert a.keys() == b.keys()
     for name in a:
@@ -153,7 +165,8 @@ def test_resume_mid_epoch_equals_uninterrupted(corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process_with_twice_the_batch(corpus, tmp_path):
+@pytest.mark.parametrize("parts", ["lstm-full", "rhn-full", "lstm-char", "rhn-char"])
+def test_two_processes_equal_one_process_with_twice_the_batch(corpus, tmp_path, parts):
     """`accelerate launch` with 2 CPU processes (each batch 4) = 1 process with batch 8.
 
     On a machine without CUDA, `accelerate launch --cpu --num_processes 2` starts one process
@@ -161,7 +174,8 @@ def test_two_processes_equal_one_process_with_twice_the_batch(corpus, tmp_path):
     torchrun in a gloo group. Dropout is off: its masks are drawn per process.
     """
     common = ["--config", str(TINY), "--data-dir", str(corpus), *SMALL, "model.dropout=0.0",
-              "train.max_steps=4", "train.max_epochs=1"]
+              "train.max_steps=4", "train.max_epochs=1", *PARTS[parts], "model.input_dropout=0.0",
+              "model.state_dropout=0.0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONWARNINGS": "ignore"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--mixed_precision", "no",
               "--num_machines", "1", "--dynamo_backend", "no"]

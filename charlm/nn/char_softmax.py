@@ -5,8 +5,8 @@ The output embedding of word w is computed from its spelling instead of being a 
 
     [e_w; b_w] = P f(spelling_w) + Q c_w          logit_w = e_w . h + b_w
 
-where f is a character encoder (the output's own char-CNN, or the input's char-CNN and highway
-layers: ``model.output_share_encoder``), P a projection to the core's size plus one (the word's
+where f is a character encoder (the output's own char-CNN, run over each word's characters only,
+or the input's char-CNN and highway layers: ``model.output_share_encoder``), P a projection to the core's size plus one (the word's
 bias, so that the bias too comes from the spelling), and c_w an optional small per-word
 correction (``model.output_correction_dim``; Q projects it) for what the spelling cannot say.
 Input and output are so tied through the spelling, the output costs ``O(filters x H)``
@@ -69,7 +69,7 @@ class CharSoftmax(OutputLayer):
 
     def spelling_features(self, chars: torch.Tensor) -> torch.Tensor:
         """Character ids ``[N, L]`` -> encoder features ``[N, feature_size]``."""
-        return self._shared(chars) if self.char_cnn is None else self.char_cnn(chars)
+        return self._shared(chars) if self.char_cnn is None else self.char_cnn.forward_trimmed(chars)
 
     def word_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every vocabulary word's output embedding ``[V, H]`` and bias ``[V]``."""
@@ -94,6 +94,17 @@ class CharSoftmax(OutputLayer):
         ``hidden[n]``: ``[N, H]``, ``[N, L]`` -> ``[N]`` float32 (no per-word correction)."""
         table = self.projection(self.spelling_features(chars))  # [N, H + 1]
         return ((table[:, :-1] * hidden).sum(-1) + table[:, -1]).float()
+
+    def spelling_log_probs(self, hidden: torch.Tensor, chars: torch.Tensor, replaces: int) -> torch.Tensor:
+        """Log-probability of the word spelled by row n of ``chars`` under ``hidden[n]``, the word
+        taking the place of vocabulary entry ``replaces`` (``<unk>``) in the normalisation:
+        ``[N, H]``, ``[N, L]`` -> ``[N]`` float32. A distribution over the vocabulary with
+        ``<unk>`` swapped for that one word."""
+        weight, bias = self.word_table()
+        logits = torch.addmm(bias, hidden, weight.t()).float()  # [N, V]
+        spelled = self.spelling_logits(hidden, chars)  # [N]
+        logits[:, replaces] = spelled
+        return spelled - torch.logsumexp(logits, dim=-1)
 
     @contextlib.contextmanager
     def frozen(self):

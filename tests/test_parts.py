@@ -1,0 +1,261 @@
+"""The model parts of charlm.nn: the RHN core by hand, dropout variants, and every core x output
+through the same protocol (initial loss, overfitting, exact scoring, a distribution that sums to 1)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from charlm.model import CharLM
+from charlm.nn import CORES, OUTPUTS, CharSoftmax, LockedDropout, LSTMCore, RHNCore, detach_state, expand_state
+from charlm.scoring import score_stream
+from test_model import random_spellings, tiny_config
+
+COMBINATIONS = [(core, output) for core in CORES for output in OUTPUTS]
+
+
+def part_config(core: str, output: str, **changes):
+    extra = {"output_num_filters": [10, 10, 10], "output_correction_dim": 8} if output == "char" else {}
+    return tiny_config(core=core, output=output, rhn_depth=2, **{**extra, **changes})
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+# ----------------------------------------------------------------------------- the RHN core
+
+
+def test_rhn_step_of_depth_two_matches_hand_computation():
+    """One time step, state size 1, input size 1: every number below is worked out by hand."""
+    core = RHNCore(input_size=1, hidden_size=1, depth=2, gate_bias=0.0)
+    with torch.no_grad():
+        core.input_weight.weight.copy_(torch.tensor([[0.5], [1.0]]))  # W_H = 0.5, W_T = 1.0
+        core.recurrent[0].weight.copy_(torch.tensor([[2.0], [-1.0]]))  # R_H,1 = 2, R_T,1 = -1
+        core.recurrent[0].bias.copy_(torch.tensor([0.1, 0.2]))  # b_H,1, b_T,1
+        core.recurrent[1].weight.copy_(torch.tensor([[-0.5], [3.0]]))  # R_H,2, R_T,2
+        core.recurrent[1].bias.copy_(torch.tensor([0.0, -1.0]))
+    x, s0 = 2.0, 0.3
+    # micro-layer 1 reads the input: h = tanh(0.5*2 + 2*0.3 + 0.1), t = sigmoid(1*2 - 0.3 + 0.2)
+    h1, t1 = math.tanh(1.0 + 0.6 + 0.1), sigmoid(2.0 - 0.3 + 0.2)
+    s1 = h1 * t1 + s0 * (1 - t1)
+    # micro-layer 2 does not: h = tanh(-0.5 * s1), t = sigmoid(3 * s1 - 1)
+    h2, t2 = math.tanh(-0.5 * s1), sigmoid(3 * s1 - 1.0)
+    s2 = h2 * t2 + s1 * (1 - t2)
+    gates = []
+    y, state = core(torch.tensor([[[x]]]), {"s": torch.tensor([[s0]])}, gates)
+    assert y.item() == pytest.approx(s2, abs=1e-6)
+    assert state["s"].item() == pytest.approx(s2, abs=1e-6)
+    assert gates[0].flatten().tolist() == pytest.approx([t1, t2], abs=1e-6)
+
+
+def test_rhn_transform_gate_bias_at_initialisation():
+    torch.manual_seed(0)
+    model = CharLM(part_config("rhn", "full", rhn_gate_bias=-3.0, init_range=0.05), random_spellings())
+    h = model.config.hidden_size
+    for layer in model.core.recurrent:
+        assert layer.bias[h:].min() >= -3.05 and layer.bias[h:].max() <= -2.95  # the transform gate
+        assert layer.bias[:h].abs().max() <= 0.05  # the transform itself: untouched
+
+
+def test_rhn_closed_transform_gate_carries_the_state_unchanged():
+    """t = 0 (a hugely negative gate bias): s_l = s_{l-1} whatever the input: the coupled carry."""
+    core = RHNCore(input_size=3, hidden_size=4, depth=3, gate_bias=-1e4)
+    core.initialise_after_uniform()
+    s0 = torch.randn(2, 4)
+    y, state = core(torch.randn(2, 5, 3), {"s": s0.clone()})
+    torch.testing.assert_close(state["s"], s0)
+    torch.testing.assert_close(y, s0.unsqueeze(1).expand(2, 5, 4))
+
+
+def test_rhn_dropout_masks_are_fixed_over_time():
+    """With state dropout the state is multiplied by one mask [B, H] at every step: zero the
+    weights so that the masked state is the only thing that moves s, and check it by hand."""
+    torch.manual_seed(0)
+    core = RHNCore(input_size=2, hidden_size=50, depth=1, state_dropout=0.5).train()
+    with torch.no_grad():
+        core.input_weight.weight.zero_()
+        core.recurrent[0].weight.copy_(torch.cat([torch.eye(50), torch.zeros(50, 50)]))  # h = tanh(mask * s)
+        core.recurrent[0].bias.copy_(torch.cat([torch.zeros(50), torch.full((50,), 50.0)]))  # t = 1
+    s0 = torch.full((3, 50), 0.5)
+    y, _ = core(torch.zeros(3, 4, 2), {"s": s0})
+    dropped = y[:, 0] == 0  # the units whose mask is 0 at step 1...
+    assert 0 < dropped.float().mean() < 1
+    assert torch.equal(y[:, 1:] == 0, dropped.unsqueeze(1).expand(3, 3, 50))  # ...stay dropped at every step
+
+
+# ----------------------------------------------------------------------------- dropout variants
+
+
+def test_locked_dropout_uses_one_mask_across_time():
+    torch.manual_seed(0)
+    drop = LockedDropout(0.5).train()
+    y = drop(torch.ones(4, 30, 16))
+    kept = y != 0
+    assert torch.equal(kept, kept[:, :1].expand_as(kept))  # the same positions at every step
+    assert 0.3 < kept[:, 0].float().mean() < 0.7  # and a real mask, scaled by 1 / (1 - p)
+    assert set(y.unique().tolist()) <= {0.0, 2.0}
+    drop.eval()
+    x = torch.randn(2, 3, 4)
+    assert drop(x) is x
+
+
+def test_weight_drop_changes_the_recurrent_weights_in_training_only():
+    torch.manual_seed(0)
+    core = LSTMCore(5, 6, 2, dropout=0.0, weight_drop=0.5)
+    x, state = torch.randn(2, 4, 5), core.initial_state(2)
+    core.train()
+    a, _ = core(x, state)
+    b, _ = core(x, state)
+    assert not torch.allclose(a, b)  # a new DropConnect mask per call
+    core.eval()
+    c, _ = core(x, state)
+    reference = torch.nn.LSTM(5, 6, 2, batch_first=True)
+    reference.load_state_dict(core.lstm.state_dict())
+    torch.testing.assert_close(c, reference(x)[0])  # eval: the plain weights
+    # In training the dropped matrix is what the recurrence sees; the parameter itself is unchanged.
+    before = core.lstm.weight_hh_l0.detach().clone()
+    core.train()
+    core(x, state)[0].sum().backward()
+    assert torch.equal(core.lstm.weight_hh_l0.detach(), before)
+    assert core.lstm.weight_hh_l0.grad is not None
+
+
+def test_layer_by_layer_lstm_equals_the_fused_call_without_dropout():
+    """locked_dropout with p = 0 takes the layer-by-layer path: the same numbers as one nn.LSTM call."""
+    torch.manual_seed(0)
+    fused = LSTMCore(5, 6, 3, dropout=0.0).train()
+    by_layer = LSTMCore(5, 6, 3, dropout=0.0, locked_dropout=True).train()
+    by_layer.load_state_dict(fused.state_dict())
+    x, state = torch.randn(2, 7, 5), fused.initial_state(2)
+    (a, sa), (b, sb) = fused(x, state), by_layer(x, state)
+    torch.testing.assert_close(a, b)
+    for name in sa:
+        torch.testing.assert_close(sa[name], sb[name])
+
+
+# ----------------------------------------------------------------------------- every core x output
+
+
+@pytest.mark.parametrize("core,output", COMBINATIONS)
+def test_initial_loss_is_near_log_vocab(core, output):
+    torch.manual_seed(0)
+    vocab_size = 500
+    model = CharLM(part_config(core, output, vocab_size=vocab_size), random_spellings(vocab_size))
+    words, targets = torch.randint(0, vocab_size, (4, 20)), torch.randint(0, vocab_size, (4, 20))
+    nll, _ = model(words, model.initial_state(4), targets)
+    assert abs(nll.mean().item() - math.log(vocab_size)) < 0.15
+
+
+@pytest.mark.parametrize("core,output", COMBINATIONS)
+def test_every_core_and_output_overfits_a_short_text(core, output):
+    torch.manual_seed(0)
+    model = CharLM(part_config(core, output, hidden_size=32), random_spellings())
+    text = torch.tensor([[3, 7, 1, 9, 4, 4, 12, 18, 5, 29, 3, 7, 1, 9, 22, 0, 15]])
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
+    for _ in range(300):
+        nll, _ = model(text[:, :-1], model.initial_state(1), text[:, 1:])
+        loss = nll.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.1
+
+
+@pytest.mark.parametrize("core,output", COMBINATIONS)
+def test_log_probabilities_sum_to_one_and_match_the_loss(core, output):
+    torch.manual_seed(0)
+    model = CharLM(part_config(core, output), random_spellings()).eval()
+    words, targets = torch.randint(0, 30, (2, 6)), torch.randint(0, 30, (2, 6))
+    log_probs, _ = model(words, model.initial_state(2))  # [2, 6, V]
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(2, 6))
+    nll, _ = model(words, model.initial_state(2), targets)
+    torch.testing.assert_close(nll, -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("core,output", COMBINATIONS)
+def test_exact_scoring_equals_a_token_by_token_loop(core, output):
+    torch.manual_seed(0)
+    model = CharLM(part_config(core, output), random_spellings()).eval()
+    ids = np.random.default_rng(0).integers(0, 30, 120)
+    with torch.inference_mode():
+        state, previous, nll = model.initial_state(1), 0, 0.0
+        for target in ids.tolist():
+            log_probs, state = model(torch.tensor([[previous]]), state)
+            nll -= log_probs[0, 0, target].item()
+            previous = target
+    expected = math.exp(nll / len(ids))
+    for chunk_len, pipeline in ((1, False), (7, True), (50, False), (2048, True)):
+        got = score_stream(model, ids, 0, chunk_len=chunk_len, pipeline=pipeline).perplexity
+        assert got == pytest.approx(expected, rel=1e-4), (chunk_len, pipeline)
+
+
+@pytest.mark.parametrize("core", list(CORES))
+def test_state_is_named_tensors_that_detach_and_expand(core):
+    model = CharLM(part_config(core, "full"), random_spellings())
+    state = model.initial_state(3)
+    _, state = model(torch.randint(0, 30, (3, 4)), state, torch.randint(0, 30, (3, 4)))
+    assert all(t.requires_grad for t in state.values())
+    detached = detach_state(state)
+    assert state.keys() == detached.keys() and not any(t.requires_grad for t in detached.values())
+    one = {name: t.narrow(model.core.state_batch_dims[name], 0, 1) for name, t in detached.items()}
+    five = expand_state(model.core, one, 5)
+    for name, tensor in five.items():
+        assert tensor.size(model.core.state_batch_dims[name]) == 5
+
+
+def test_char_output_scores_any_spelling_like_a_vocabulary_word():
+    """The spelling-based output gives an unseen spelling a logit; for a vocabulary word without
+    the per-word correction it is exactly that word's logit."""
+    torch.manual_seed(0)
+    model = CharLM(part_config("lstm", "char", output_correction_dim=0), random_spellings()).eval()
+    output: CharSoftmax = model.output
+    hidden = torch.randn(4, model.config.hidden_size)
+    words = torch.tensor([0, 5, 9, 29])
+    weight, bias = output.word_table()
+    expected = (hidden * weight[words]).sum(-1) + bias[words]
+    torch.testing.assert_close(output.spelling_logits(hidden, model.encoder.spellings[words]), expected)
+    # and padding after the end-of-word marker changes nothing (the output's encoder ignores it)
+    padded = F.pad(model.encoder.spellings[words], (0, 5), value=0)
+    torch.testing.assert_close(output.spelling_logits(hidden, padded), expected)
+
+
+def test_shared_encoder_output_uses_the_input_weights():
+    torch.manual_seed(0)
+    model = CharLM(part_config("lstm", "char", output_share_encoder=True), random_spellings())
+    assert model.output.char_cnn is None
+    names = [n for n, _ in model.named_parameters()]
+    assert not any(n.startswith("output.") and "char_cnn" in n for n in names)
+    nll, _ = model(torch.randint(0, 30, (2, 5)), model.initial_state(2), torch.randint(0, 30, (2, 5)))
+    nll.sum().backward()
+    # the input encoder gets gradient from the output side too: even a word never read as input
+    assert model.encoder.char_cnn.convs[0].weight.grad.abs().sum() > 0
+
+
+def test_spelled_word_in_place_of_unk_completes_a_distribution():
+    """The out-of-vocabulary word takes <unk>'s place: its probability plus every other word's
+    (normalised the same way) is 1."""
+    torch.manual_seed(0)
+    model = CharLM(part_config("lstm", "char"), random_spellings()).eval()
+    output: CharSoftmax = model.output
+    hidden, unk = torch.randn(3, model.config.hidden_size), 0
+    chars = random_spellings(3, seed=7)  # three spellings the vocabulary does not hold
+    spelled = output.spelling_log_probs(hidden, chars, unk)
+    weight, bias = output.word_table()
+    logits = hidden @ weight.t() + bias
+    others = torch.cat([logits[:, :unk], logits[:, unk + 1:]], dim=1)
+    total = spelled.exp() + (others - torch.logsumexp(torch.cat([others, output.spelling_logits(hidden, chars)[:, None]], 1), 1, keepdim=True)).exp().sum(1)
+    torch.testing.assert_close(total, torch.ones(3))
+
+
+def test_column_scoring_of_an_rhn_starts_column_zero_from_zero():
+    from charlm.scoring import score_columns
+
+    torch.manual_seed(0)
+    model = CharLM(part_config("rhn", "full"), random_spellings()).eval()
+    ids = np.random.default_rng(0).integers(0, 30, 90)
+    exact = score_stream(model, ids, 0, per_token=True, pipeline=False)
+    approx = score_columns(model, ids, 0, columns=3, warmup=10, per_token=True)
+    np.testing.assert_allclose(approx.logprobs[:30], exact.logprobs[:30], rtol=1e-5, atol=1e-5)
