@@ -11,6 +11,7 @@ in charlm knows about it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -321,3 +322,24 @@ def test_a_failure_on_one_of_two_training_processes_stops_both(corpus, tmp_path,
     if how == "raise":
         assert output.count(f"injected failure on process {rank}") == 1, output[-4000:]  # the error, once
     assert seconds < 60, output[-4000:]  # generous: the survivors end about 3 s after the failure
+
+
+# ------------------------------------------------------------------------------ the command benchmark
+
+
+@pytest.mark.slow
+def test_command_benchmark_times_the_updates_of_each_command(corpus, tmp_path):
+    from charlm.command_benchmark import main
+
+    out = tmp_path / "bench.json"
+    argv = ["--data-dir", str(corpus), "--config", str(TINY), "--warmup", "2", "--updates", "3",
+            "--commands", "charlm", "launch-2cpu", "--json", str(out), *SMALL]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    one, two = report["results"]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["tokens"] == 3 * 4 * 8 and two["tokens"] == 3 * 4 * 8 * 2  # updates x batch x seq_len x processes
+    for result in (one, two):
+        assert result["tokens_per_sec"] == pytest.approx(result["tokens"] / result["seconds"], rel=0.01)
+    if WIRED:
+        assert one["threads"] == [CORES] and two["threads"] == [max(1, CORES // 2)] * 2
