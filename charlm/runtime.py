@@ -18,7 +18,10 @@ on the environment, and left alone they cost speed or robustness:
   process cannot tell the user's value from the launcher's. ``torch.set_num_threads`` at the start
   of the process overrides the launcher (it sets OpenMP's and MKL's counts; matrix products and
   ``nn.LSTM`` forward and backward then run on that many threads). Inter-op threads are left
-  alone: training and scoring do not use PyTorch's inter-op pool.
+  alone: training and scoring do not use PyTorch's inter-op pool. On a machine whose cores are
+  busy with other jobs, OpenMP's spinning at each barrier can make two threads many times slower
+  than one (docs/speed-commands.md): there set the count to 1, or start the command with
+  ``OMP_WAIT_POLICY=PASSIVE`` (read when torch is imported, so not settable from here).
 
 * **Precision** (:func:`resolve_mixed_precision`). ``auto`` is bf16 where the hardware runs it
   fast (a CPU with AVX-512 BF16 or AMX, read from ``torch.cpu.get_capabilities()``, else from
