@@ -11,7 +11,7 @@ python -m pip install -q "torch==2.13.0"   # the CPU build first (see DEVELOPERS
 python -m pip install -q -e .
 rm -rf demo
 charlm prepare --demo --output-dir demo/data
-charlm train --config configs/tiny.yaml --data-dir demo/data --output-dir demo/run
+charlm train --config tiny --data-dir demo/data --output-dir demo/run
 charlm perplexity --checkpoint demo/run/best --data-dir demo/data --split test
 charlm generate --checkpoint demo/run/best --num-samples 3 --max-words 30 --seed 1
 charlm generate --checkpoint demo/run/best --prompt "the function returns" --num-samples 2 --max-words 20 --seed 1
