@@ -256,7 +256,8 @@ def add_source_arguments(parser: argparse.ArgumentParser, required: bool = True)
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
-                        help="an exported model directory (the best/ folder of a training run)")
+                        help="the model: a directory (the best/ folder of a training run) or a Hugging Face hub id "
+                             "(owner/name)")
     parser.add_argument("--device", default=DEFAULTS.device,
                         help="where the model runs: cpu, cuda or cuda:N")
 
