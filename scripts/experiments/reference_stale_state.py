@@ -22,7 +22,7 @@ is an ordinary charlm checkpoint.
     python scripts/experiments/reference_stale_state.py --config ptb-char-small \
         --data-dir DATA --output-dir OUT [key=value ...]
 
-It is an experiment, not an option of the library; its runs are in the README, "Full 25-epoch runs".
+It is an experiment, not an option of the library; its runs are in docs/reproduction.md.
 """
 
 import sys
