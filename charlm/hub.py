@@ -60,8 +60,9 @@ def resolve_model_dir(ref: str | Path) -> Path:
     for :func:`charlm.checkpoint.load_model` to report (missing, an export cut short, ...).
     """
     path = Path(ref)
-    interrupted = path.with_name(path.name + ".old").exists()  # an export cut short: load_model explains
-    if path.exists() or interrupted or not could_be_hub_id(str(ref)):
+    if path.exists() or not could_be_hub_id(str(ref)):
+        return path
+    if path.with_name(path.name + ".old").exists():  # a local export cut short: load_model explains
         return path
     return download(str(ref))
 

@@ -58,6 +58,14 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def test_a_local_directory_is_itself(trained, offline_cache):
     assert resolve_model_dir(trained.model_dir) == trained.model_dir
     assert resolve_model_dir("runs/nowhere/best") == Path("runs/nowhere/best")  # a path, never a hub id
+    assert resolve_model_dir(".") == Path(".")
+
+
+def test_an_interrupted_local_export_is_not_looked_up_on_the_hub(trained, offline_cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(trained.model_dir, tmp_path / "best.old")  # "best" could be a hub id; its .old says it is local
+    with pytest.raises(CharlmError, match="model directory best is missing: its export was interrupted"):
+        load_model("best")
 
 
 def test_hub_id_from_the_local_cache(trained, offline_cache):
