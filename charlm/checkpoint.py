@@ -109,13 +109,18 @@ def error_reason(err: BaseException) -> str:
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[CharLM, Vocabulary]:
-    """Load an exported model directory; every problem is a one-line :class:`CharlmError`."""
-    directory = Path(directory)
+    """Load an exported model: a directory, or a Hugging Face hub id (``owner/name``, downloaded or taken
+    from the hub's cache, see :func:`charlm.hub.resolve_model_dir`); every problem is a one-line
+    :class:`CharlmError`."""
+    from charlm.hub import resolve_model_dir  # imported here: charlm.hub builds on this module
+
+    directory = resolve_model_dir(directory)
     if not directory.is_dir():
         if directory.with_name(directory.name + ".old").is_dir():
             raise CharlmError(f"model directory {directory} is missing: its export was interrupted; run the training "
                               "again with --resume to finish it")
-        raise CharlmError(f"model directory {directory} does not exist; pass the best/ folder of a training run")
+        raise CharlmError(f"model directory {directory} does not exist; pass the best/ folder of a training run "
+                          "or a Hugging Face hub id (owner/name)")
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CharlmError(f"{weights} is missing: {directory} is not a complete exported model (re-export or retrain)")

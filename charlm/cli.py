@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("charlm.generate", "sample text from a trained model"),
     "neighbors": ("charlm.analysis", "nearest vocabulary words by the character-aware word representation"),
     "gates": ("charlm.analysis", "highway transform-gate activity over a text"),
+    "embed": ("charlm.embed", "word vectors of any words (unseen ones from their spelling), as word2vec text or .npy"),
+    "push": ("charlm.hub", "upload an exported model to the Hugging Face hub"),
 }
 
 

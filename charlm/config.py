@@ -4,11 +4,12 @@ A run is described by :class:`RunConfig`, made of a :class:`ModelConfig` (the ne
 :class:`TrainConfig` (the recipe). The dataclass defaults below are the only defaults; a YAML file
 overrides them, and ``key=value`` arguments on the command line override the YAML::
 
-    charlm train --config configs/ptb-char-small.yaml ... train.max_epochs=2 model.dropout=0.3
+    charlm train --config ptb-char-small ... train.max_epochs=2 model.dropout=0.3
 
-Unknown keys and values of the wrong type are errors (:class:`~charlm.errors.CharlmError`), never
-silently ignored. Every field has a docstring (the string literal under it); ``describe_fields``
-turns those into the help text of ``charlm train --help``.
+``--config`` takes a YAML file or the name of a config shipped in the package (``charlm/configs/``,
+e.g. ``tiny``, ``ptb-char-small``). Unknown keys and values of the wrong type are errors
+(:class:`~charlm.errors.CharlmError`), never silently ignored. Every field has a docstring (the
+string literal under it); ``describe_fields`` turns those into the help text of ``charlm train --help``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DECAY_COMPARE = ("previous", "best")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+"""The configs shipped in the package; ``--config NAME`` reads ``CONFIG_DIR / NAME.yaml``."""
 
 
 @dataclass
@@ -405,13 +408,39 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
+def shipped_configs() -> list[str]:
+    """Names of the configs that ship in the package (``charlm/configs/NAME.yaml``)."""
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(ref: str | Path) -> Path:
+    """The YAML file ``--config`` names: a file that exists, else a shipped config.
+
+    A shipped config is named bare (``ptb-char-small``, or ``ptb-char-small.yaml``) or by its
+    former place in the repository (``configs/ptb-char-small.yaml``, where the shipped configs lived
+    before they moved into the package), so commands written for a clone keep working.
+    Anything else is a one-line error that lists the shipped names.
+    """
+    path = Path(ref)
+    if path.is_file():
+        return path
+    bare = path.parent == Path(".")
+    stem = path.name.removesuffix(".yaml")
+    shipped = CONFIG_DIR / f"{stem}.yaml"
+    if (bare or path.parent.name == "configs") and shipped.is_file():
+        return shipped
+    names = ", ".join(shipped_configs())
+    if bare and path.suffix not in (".yaml", ".yml"):
+        raise CharlmError(f"unknown config {str(ref)!r}: pass a YAML file or one of the shipped configs: {names}")
+    raise CharlmError(f"config file {path} not found; pass an existing YAML file or one of the shipped configs: {names}")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Dataclass defaults, then the YAML file at ``path`` (if any), then ``overrides``."""
+    """Dataclass defaults, then the YAML file ``path`` names (a file or a shipped config's name,
+    see :func:`resolve_config_path`), then ``overrides``."""
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise CharlmError(f"config file {path} not found; see configs/ for the shipped ones")
+        path = resolve_config_path(path)
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as err:

@@ -297,7 +297,8 @@ def add_source_arguments(parser: argparse.ArgumentParser, required: bool = True)
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
-                        help="an exported model directory (the best/ folder of a training run)")
+                        help="the model: a directory (the best/ folder of a training run) or a Hugging Face hub id "
+                             "(owner/name)")
     parser.add_argument("--device", default=DEFAULTS.device,
                         help="where the model runs: cpu, cuda or cuda:N")
 
@@ -314,7 +315,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print one JSON object (perplexity, nll, tokens, unk, seconds, ...) instead of a line")
     parser.add_argument("--bf16", action="store_true",
                         help="matrix products in bfloat16 (softmax in float32): faster on CPUs with bf16 "
-                             "support and on GPUs, not bit-exact (see the README for the difference)")
+                             "support and on GPUs, not bit-exact (docs/speed.md gives the difference)")
     parser.add_argument("--columns", type=int, default=DEFAULTS.columns, metavar="N",
                         help="1: the exact full-stream number. N > 1: an approximation that scores N pieces "
                              "of the stream side by side, each warmed up on the --warmup tokens before it (faster "

@@ -30,7 +30,7 @@ for name in "${configs[@]}"; do
     start=$(date +%s)
     resume=(); [ -d "$run/checkpoints" ] && resume=(--resume)
     # shellcheck disable=SC2086
-    accelerate launch ${ACCELERATE_ARGS:-} scripts/train.py --config "configs/$name.yaml" \
+    accelerate launch ${ACCELERATE_ARGS:-} scripts/train.py --config "$name" \
       --data-dir "$data" --output-dir "$run" "${resume[@]}"
     echo $(( $(date +%s) - start )) > "$run/train_seconds.txt"
     charlm perplexity --checkpoint "$run/best" --data-dir "$data" --split test --json > "$run/test.json.tmp"

@@ -27,8 +27,7 @@ from helpers_model import (  # noqa: F401  (trained: a fixture)
     assert_one_line_error, prepare, run_cli, synthetic_lines, tiny_config, trained, write_lines,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_TRAIN = ["--config", str(REPO / "configs" / "tiny.yaml"), "model.kernel_widths=[1,2]", "model.num_filters=[4,4]",
+TINY_TRAIN = ["--config", "tiny", "model.kernel_widths=[1,2]", "model.num_filters=[4,4]",
               "model.hidden_size=8", "train.batch_size=2", "train.seq_len=4", "train.max_steps=2"]
 
 
@@ -287,6 +286,14 @@ def test_bad_config_file(trained, tmp_path, capsys, name):
 def test_bad_override(trained, tmp_path, capsys, name):
     overrides, error = OVERRIDES[name]
     check(capsys, ["train", "--data-dir", trained.data_dir, "--output-dir", tmp_path / "run", *overrides], error,
+          [tmp_path / "run"])
+
+
+@pytest.mark.parametrize("ref, error", [("ptb-char-smal", "unknown config 'ptb-char-smal': pass a YAML file or one "
+                                                          "of the shipped configs: ptb-char-large"),
+                                        ("missing/char.yaml", "config file missing/char.yaml not found")])
+def test_unknown_config(trained, tmp_path, capsys, ref, error):
+    check(capsys, ["train", "--config", ref, "--data-dir", trained.data_dir, "--output-dir", tmp_path / "run"], error,
           [tmp_path / "run"])
 
 

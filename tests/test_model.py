@@ -3,7 +3,6 @@
 import contextlib
 import dataclasses
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -255,7 +254,7 @@ def test_paper_configs_parameter_counts():
     expected = {"ptb-char-small": 5.3e6, "ptb-char-large": 19.4e6, "ptb-word-small": 4.65e6, "ptb-word-large": 19.8e6,
                 "ptb-char-small-highway-2": 5.86e6}
     for name, target in expected.items():
-        config = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+        config = load_config(name)  # a shipped config, by name
         # PTB: 10,000 words, 50 characters + 6 reserved ids, longest word 19 + 2 markers
         model_config = dataclasses.replace(config.model, vocab_size=10000, char_vocab_size=56, max_word_length=21)
         spellings = torch.zeros(10000, 21, dtype=torch.long) if model_config.uses_spellings else None

@@ -30,6 +30,7 @@ import charlm.state
 import charlm.train
 from charlm.checkpoint import export_model, load_model, recover_export
 from charlm.cli import main
+from charlm.config import CONFIG_DIR
 from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.model import CharLM
@@ -37,7 +38,7 @@ from charlm.state import COMPLETE_MARKER, complete_checkpoints, recover_checkpoi
 from helpers_model import assert_one_line_error, run_cli, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "tiny.yaml"
+TINY = CONFIG_DIR / "tiny.yaml"
 # Tiny model, frequent checkpoints (so kills land inside checkpoint writes too), dropout on (so the
 # random-number-generator states must be restored exactly).
 RUN = ["model.kernel_widths=[1,2,3]", "model.num_filters=[8,8,8]", "model.hidden_size=24", "model.dropout=0.2",

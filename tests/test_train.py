@@ -13,11 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 from charlm.cli import main
-from charlm.config import TrainConfig, load_config
+from charlm.config import CONFIG_DIR, TrainConfig, load_config, resolve_config_path, shipped_configs
+from charlm.errors import CharlmError
 from charlm.train import TextStream, complete_checkpoints, should_decay
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "tiny.yaml"
+TINY = CONFIG_DIR / "tiny.yaml"
 # A very small model so that the end-to-end runs take seconds.
 SMALL = ["model.kernel_widths=[1,2,3]", "model.num_filters=[8,8,8]", "model.hidden_size=24",
          "train.batch_size=4", "train.seq_len=8", "train.log_every=1"]
@@ -67,6 +68,24 @@ def test_config_overrides_and_unknown_keys(tmp_path):
         load_config(bad)
     with pytest.raises(Exception, match="must be of type int"):
         load_config(TINY, ["train.batch_size=big"])
+
+
+def test_config_by_shipped_name_or_path(tmp_path, monkeypatch):
+    assert {"tiny", "ptb-char-small", "ptb-char-large", "ptb-word-small"} <= set(shipped_configs())
+    monkeypatch.chdir(tmp_path)  # not the repository: names must not depend on the working directory
+    for ref in ("ptb-char-small", "ptb-char-small.yaml", "configs/ptb-char-small.yaml"):
+        assert resolve_config_path(ref) == CONFIG_DIR / "ptb-char-small.yaml", ref
+    assert load_config("ptb-char-small").model.hidden_size == 300
+    own = tmp_path / "configs" / "tiny.yaml"  # a file that exists always wins over a shipped name
+    own.parent.mkdir()
+    own.write_text("model:\n  hidden_size: 7\n")
+    assert resolve_config_path("configs/tiny.yaml") == Path("configs/tiny.yaml")
+    assert load_config(own).model.hidden_size == 7
+    with pytest.raises(CharlmError, match=r"unknown config 'ptb-char-smal': .*ptb-char-small, .*tiny") as err:
+        load_config("ptb-char-smal")
+    assert "\n" not in str(err.value)
+    with pytest.raises(CharlmError, match=r"config file elsewhere/tiny.yaml not found; .*shipped configs: .*tiny"):
+        load_config("elsewhere/tiny.yaml")  # a path outside configs/ is never swapped for a shipped file
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ whose backward reads the final state, steps 2..T by the same ``nn.LSTM``. Evalua
 (validation, test) never takes gradients and uses the normal path. The checkpoint it writes
 is an ordinary charlm checkpoint.
 
-    python scripts/experiments/reference_stale_state.py --config configs/ptb-char-small.yaml \
+    python scripts/experiments/reference_stale_state.py --config ptb-char-small \
         --data-dir DATA --output-dir OUT [key=value ...]
 
-It is an experiment, not an option of the library; its runs are in the README, "Full 25-epoch runs".
+It is an experiment, not an option of the library; its runs are in docs/reproduction.md.
 """
 
 import sys

@@ -1,0 +1,9 @@
+#!/usr/bin/env python
+"""Thin entry point: the same as `charlm push ...` (see `--help`)."""
+
+import sys
+
+from charlm.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["push", *sys.argv[1:]]))
