@@ -1,6 +1,12 @@
 """Speed benchmark: charlm against a plain PyTorch implementation of the same model, in one run.
 
     python scripts/benchmark.py --data-dir data/ptb [--configs ptb-char-small ptb-char-large]
+    python scripts/benchmark.py --data-dir data/ptb --configs ptb-char-small ptb-char-small-rhn \
+        ptb-char-small-char-output          # every core and output
+
+Configs that are not the paper's model (another core or output layer) have no plain twin: for them
+charlm's own training step and scoring are timed, through the core and output protocols, and the
+scoring speed-ups are against charlm's sequential (unpipelined) scoring.
 
 For each config it builds the model on the corpus's real vocabulary and spellings and times, on
 the same batches (batch 20 x 35 steps, Zipf-like word ids drawn from the training split):
@@ -56,7 +62,6 @@ from charlm.evaluate import DEFAULTS as EVAL_DEFAULTS
 from charlm.scoring import score_columns, score_stream
 from charlm.vocab import PAD_CHAR
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 IMPLEMENTATIONS = ("plain fp32", "charlm fp32", "charlm bf16")
 EVAL_WARMUP_TOKENS = 4096  # untimed tokens each scoring way reads before it is timed
 
@@ -97,13 +102,22 @@ class PlainCharLM(nn.Module):
 
 
 def flops_per_token(c: ModelConfig) -> float:
-    """Forward multiply-adds x 2 per token (char-CNN counted once per token, as the plain path)."""
+    """Forward multiply-adds x 2 per token (char-CNN counted once per token, as the plain path; the
+    spelling-based output's per-update word table not counted)."""
     L = c.max_word_length
     cnn = sum(2 * c.char_embed_dim * w * n * (L - w + 1) for w, n in zip(c.kernel_widths, c.num_filters))
-    d = c.input_size
+    d, h = c.input_size, c.hidden_size
     highway = c.highway_layers * 2 * d * 2 * d
-    lstm = sum(2 * 4 * c.hidden_size * ((d if i == 0 else c.hidden_size) + c.hidden_size) for i in range(c.lstm_layers))
-    return cnn + highway + lstm + 2 * c.hidden_size * c.vocab_size
+    if c.core == "lstm":
+        core = sum(2 * 4 * h * ((d if i == 0 else h) + h) for i in range(c.lstm_layers))
+    else:  # rhn: the input enters the first micro-layer; each micro-layer is an [H, 2H] product
+        core = 2 * 2 * h * d + c.rhn_depth * 2 * h * 2 * h
+    return cnn + highway + core + 2 * h * c.vocab_size
+
+
+def has_plain_twin(c: ModelConfig) -> bool:
+    """Whether :class:`PlainCharLM` implements this config (the paper's model: char input, LSTM, full softmax)."""
+    return c.input == "char" and c.core == "lstm" and c.output == "full" and c.highway in ("highway", "none")
 
 
 def matmul_rate(dtype: torch.dtype, m=700, k=300, n=10000, repeats=10) -> float:
@@ -179,19 +193,21 @@ def timed(fn, repeats: int) -> list[float]:
 
 
 def benchmark_config(name: str, vocab, splits, args) -> dict:
-    config = load_config(CONFIG_DIR / f"{name}.yaml").model
+    config = load_config(name).model
     config = dataclasses.replace(config, vocab_size=len(vocab), char_vocab_size=len(vocab.chars), max_word_length=vocab.max_word_length)
     spellings = vocab.spellings()
     torch.manual_seed(0)
     charlm_model = CharLM(config, spellings)
-    plain_model = PlainCharLM(config, spellings)
+    comparable = has_plain_twin(config)  # else charlm alone is timed, every core and output through its protocol
+    plain_model = PlainCharLM(config, spellings) if comparable else None
     batches = make_batches(splits["train"], 8, args.batch_size, args.seq_len)
     steppers = {
         "plain fp32": lambda: train_stepper(plain_model, batches, fused=False, bf16=False),
         "charlm fp32": lambda: train_stepper(charlm_model, batches, fused=True, bf16=False),
         "charlm bf16": lambda: train_stepper(CharLM(config, spellings), batches, fused=True, bf16=True),
     }
-    steppers = {k: make() for k, make in steppers.items() if k in args.implementations}
+    steppers = {k: make() for k, make in steppers.items()
+                if k in args.implementations and (comparable or not k.startswith("plain"))}
     for step in steppers.values():  # warm-up
         for i in range(args.warmup):
             step(i)
@@ -200,7 +216,8 @@ def benchmark_config(name: str, vocab, splits, args) -> dict:
         for k, step in steppers.items():
             samples[k] += timed(lambda i, s=step: s(i + r), args.steps)
     tokens = args.batch_size * args.seq_len
-    result = {"config": name, "parameters": charlm_model.num_parameters(), "flops_per_token_fwd": flops_per_token(config)}
+    result = {"config": name, "parameters": charlm_model.num_parameters(), "flops_per_token_fwd": flops_per_token(config),
+              "core": config.core, "output": config.output}
     train_tok_s = {k: tokens / statistics.median(v) for k, v in samples.items()}
     result["train_tokens_per_sec"] = {k: round(v) for k, v in train_tok_s.items()}
     if args.train_only:
@@ -209,9 +226,7 @@ def benchmark_config(name: str, vocab, splits, args) -> dict:
     # Exact full-stream evaluation, every way, on the test split. Each way is first run untimed on
     # the split's first tokens (one-time kernel set-up, first bf16 calls), then timed on the whole split.
     test = splits["test"][: args.eval_tokens] if args.eval_tokens else splits["test"]
-    plain_copy = plain_model_copy(plain_model, charlm_model)
     ways = {
-        "plain": lambda ids: plain_stream_score(plain_copy, ids, vocab.eos_id),
         "sequential": lambda ids: score_stream(charlm_model, ids, vocab.eos_id, pipeline=False),
         "charlm": lambda ids: score_stream(charlm_model, ids, vocab.eos_id),  # pipelined where threads > 1
         "bf16": lambda ids: score_stream(charlm_model, ids, vocab.eos_id, bf16=True),
@@ -220,16 +235,21 @@ def benchmark_config(name: str, vocab, splits, args) -> dict:
             charlm_model, ids, vocab.eos_id, args.eval_columns, EVAL_DEFAULTS.warmup, bf16=True
         ),
     }
+    if comparable:
+        plain_copy = plain_model_copy(plain_model, charlm_model)
+        ways["plain"] = lambda ids: plain_stream_score(plain_copy, ids, vocab.eos_id)
     seconds, scores = {}, {}
     for way, run in ways.items():
         run(test[:EVAL_WARMUP_TOKENS])
         start = time.perf_counter()
         scores[way] = run(test)
         seconds[way] = time.perf_counter() - start
-    plain_nll, n = scores["plain"]
+    n = scores["sequential"].tokens
+    reference = "plain" if comparable else "sequential"  # what the speed-ups are relative to
     result["eval"] = {
         "tokens": n,
-        "plain_seconds": round(seconds["plain"], 2),
+        "reference": reference,
+        "plain_seconds": round(seconds["plain"], 2) if comparable else None,
         "charlm_sequential_seconds": round(seconds["sequential"], 2),
         "charlm_seconds": round(seconds["charlm"], 2),
         "charlm_bf16_seconds": round(seconds["bf16"], 2),
@@ -237,13 +257,13 @@ def benchmark_config(name: str, vocab, splits, args) -> dict:
         "warmup": EVAL_DEFAULTS.warmup,
         "charlm_columns_seconds": round(seconds["columns"], 2),
         "charlm_columns_bf16_seconds": round(seconds["columns_bf16"], 2),
-        "plain_ppl": round(math.exp(plain_nll / n), 4),
+        "plain_ppl": round(math.exp(scores["plain"][0] / n), 4) if comparable else None,
         "charlm_sequential_ppl": round(scores["sequential"].perplexity, 4),
         "charlm_ppl": round(scores["charlm"].perplexity, 4),
         "charlm_bf16_ppl": round(scores["bf16"].perplexity, 4),
         # From the unrounded times: a tiny corpus can score in under 5 ms, which rounds to 0.00 s.
-        "charlm_speedup": round(seconds["plain"] / seconds["charlm"], 4),
-        "charlm_bf16_speedup": round(seconds["plain"] / seconds["bf16"], 4),
+        "charlm_speedup": round(seconds[reference] / seconds["charlm"], 4),
+        "charlm_bf16_speedup": round(seconds[reference] / seconds["bf16"], 4),
     }
     samples = sample(charlm_model, vocab, "", SamplingOptions(num_samples=1, max_words=200, seed=0))
     result["generate_ms_per_word"] = round(samples.ms_per_word, 2)
@@ -268,7 +288,7 @@ def plain_model_copy(plain: PlainCharLM, model: CharLM) -> PlainCharLM:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-dir", required=True, help="a prepared corpus (PTB for the README's table)")
-    parser.add_argument("--configs", nargs="+", default=["ptb-char-small", "ptb-char-large"], help="configs/ names")
+    parser.add_argument("--configs", nargs="+", default=["ptb-char-small", "ptb-char-large"], help="shipped config names (charlm/configs/) or YAML files")
     parser.add_argument("--batch-size", type=int, default=20, help="rows per training step")
     parser.add_argument("--seq-len", type=int, default=35, help="time steps per training step")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per implementation")
@@ -312,8 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.train_only:
             continue
         e = r["eval"]
-        print(f"  exact test perplexity ({e['tokens']:,} tokens, untrained weights): plain {e['plain_seconds']:.2f} s "
-              f"(ppl {e['plain_ppl']}), charlm without pipelining {e['charlm_sequential_seconds']:.2f} s "
+        plain = f"plain {e['plain_seconds']:.2f} s (ppl {e['plain_ppl']}), " if e["plain_seconds"] is not None else ""
+        print(f"  exact test perplexity ({e['tokens']:,} tokens, untrained weights; speed-ups against "
+              f"{e['reference']}): {plain}charlm without pipelining {e['charlm_sequential_seconds']:.2f} s "
               f"(ppl {e['charlm_sequential_ppl']}), charlm {e['charlm_seconds']:.2f} s (ppl {e['charlm_ppl']}, "
               f"{e['charlm_speedup']:.1f}x), charlm --bf16 {e['charlm_bf16_seconds']:.2f} s "
               f"(ppl {e['charlm_bf16_ppl']}, {e['charlm_bf16_speedup']:.1f}x)")

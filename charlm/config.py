@@ -35,7 +35,7 @@ HIGHWAY_KINDS = ("highway", "none", "mlp", "residual")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DECAY_COMPARE = ("previous", "best")
-MIXED_PRECISION = ("no", "bf16", "fp16")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 """The configs shipped in the package; ``--config NAME`` reads ``CONFIG_DIR / NAME.yaml``."""
 
@@ -258,9 +258,14 @@ class TrainConfig:
     seed: int = 3435
     """Random seed (the reference code's)."""
 
-    mixed_precision: str = ""
-    """'no', 'bf16' or 'fp16'; empty: use accelerate's own setting (accelerate launch
-    --mixed_precision, or `accelerate config`)."""
+    mixed_precision: str = "auto"
+    """'auto': bf16 where the hardware runs it fast (a CPU with AVX-512 BF16 or AMX, a GPU with
+    native bf16), else fp32; accelerate's own setting wins over 'auto' when the user made one
+    (accelerate launch --mixed_precision, or `accelerate config`). 'no', 'bf16' or 'fp16': as given."""
+
+    num_threads: int = 0
+    """CPU threads per process (0: the cores available to the process divided among the processes
+    on this machine). OMP_NUM_THREADS is not read: accelerate's launcher sets it to 1."""
 
     gradient_accumulation_steps: int = 1
     """Consecutive chunks whose gradients are summed before one update."""
@@ -275,7 +280,14 @@ class TrainConfig:
     """How many of the newest resumable states to keep."""
 
     log_every: int = 50
-    """Update the progress bar's loss and speed every N steps."""
+    """Update the progress bar's loss and speed (and log them to the tracker) every N updates."""
+
+    report_to: str = "none"
+    """Experiment tracking through accelerate's trackers: 'none', 'tensorboard' (event files in
+    OUTPUT_DIR/charlm; pip install charlm[tensorboard]), 'all' (every tracker installed), or any
+    other tracker accelerate supports and that is installed (wandb, mlflow, ...). Logged every
+    log_every updates: train loss and perplexity, learning rate, tokens/s, gradient norm; per epoch:
+    validation perplexity; the config as hyperparameters."""
 
     def __post_init__(self) -> None:
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
@@ -286,7 +298,7 @@ class TrainConfig:
                      "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise CharlmError(f"train.{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_epochs", "max_steps", "checkpoint_every_steps", "decay_start_epoch"):
+        for name in ("max_epochs", "max_steps", "checkpoint_every_steps", "decay_start_epoch", "num_threads"):
             if getattr(self, name) < 0:
                 raise CharlmError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:

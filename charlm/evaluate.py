@@ -40,6 +40,7 @@ from charlm.checkpoint import load_model
 from charlm.errors import CharlmError
 from charlm.model import CharLM
 from charlm.plots import atomic_open, check_output_path
+from charlm.runtime import configure_threads
 from charlm.scoring import score_columns, score_stream
 from charlm.vocab import Vocabulary
 
@@ -60,6 +61,8 @@ class EvalDefaults:
     """With columns > 1: tokens each column reads, unscored, before its piece (README: difference)."""
     device: str = "cpu"
     """Where the model runs: 'cpu', 'cuda' or 'cuda:N'."""
+    num_threads: int = 0
+    """CPU threads (0: all the cores available to the process)."""
 
 
 DEFAULTS = EvalDefaults()
@@ -154,7 +157,10 @@ def main_process_only(run: Callable[[argparse.Namespace], int]) -> Callable[[arg
     def wrapper(args: argparse.Namespace) -> int:
         state = process_state()
         try:
-            return run(args) if state.is_main_process else 0
+            if not state.is_main_process:
+                return 0
+            configure_threads(getattr(args, "num_threads", 0), local_processes=1)  # the others only wait
+            return run(args)
         finally:
             state.wait_for_everyone()
 
@@ -301,6 +307,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "(owner/name)")
     parser.add_argument("--device", default=DEFAULTS.device,
                         help="where the model runs: cpu, cuda or cuda:N")
+    parser.add_argument("--num-threads", type=int, default=DEFAULTS.num_threads, metavar="N",
+                        help="CPU threads (0: all the cores available to the process, whatever OMP_NUM_THREADS says)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,8 +14,9 @@ on the environment, and left alone they cost speed or robustness:
   step on one core. charlm instead gives each process the cores it may run on
   (``os.sched_getaffinity``: a ``taskset`` or a scheduler's CPU set is respected) divided among
   the processes on this machine (``LOCAL_WORLD_SIZE``, or MPI's local size), unless the user chose
-  a number (``train.num_threads``, ``--num-threads``). ``OMP_NUM_THREADS`` is ignored because a
-  process cannot tell the user's value from the launcher's. ``torch.set_num_threads`` at the start
+  a number (``train.num_threads``, ``--num-threads``, ``accelerate launch
+  --num_cpu_threads_per_process``, or ``OMP_NUM_THREADS`` for a command started without a
+  launcher: under a launcher that variable is the launcher's own 1, not a choice). ``torch.set_num_threads`` at the start
   of the process overrides the launcher (it sets OpenMP's and MKL's counts; matrix products and
   ``nn.LSTM`` forward and backward then run on that many threads). Inter-op threads are left
   alone: training and scoring do not use PyTorch's inter-op pool. On a machine whose cores are
@@ -114,9 +115,22 @@ def configure_threads(requested: int = 0, local_processes: int | None = None) ->
         raise CharlmError(f"the thread count must be 0 (automatic) or positive, got {requested}; "
                           "set train.num_threads (or --num-threads) to 0 or more")
     sharing = local_processes if local_processes is not None else local_process_count()
-    threads = requested or max(1, available_cores() // max(sharing, 1))
+    threads = requested or user_thread_choice() or max(1, available_cores() // max(sharing, 1))
     torch.set_num_threads(threads)
     return threads
+
+
+def user_thread_choice() -> int:
+    """The thread count the user gave the launch, 0 if none: ``accelerate launch
+    --num_cpu_threads_per_process N``, or ``OMP_NUM_THREADS`` when no launcher started the process
+    (under ``accelerate launch`` or torchrun that variable is the launcher's own 1, not a choice)."""
+    launch = accelerate_launch_arguments()
+    if launch is not None:
+        return int(launch.num_cpu_threads_per_process or 0)
+    if any(name in os.environ for name in LOCAL_SIZE_VARIABLES):  # torchrun or MPI set the variable
+        return 0
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() else 0
 
 
 # ------------------------------------------------------------------------------ precision

@@ -24,7 +24,13 @@ Interruptions. A resumable state (model, optimizer, RNG states, LSTM state, prog
 ``checkpoints/step-N.tmp``, marked ``COMPLETE``, then renamed, so a crash or a SIGKILL at any moment
 leaves the newest complete state intact, and ``--resume`` continues from it to the same weights as an
 uninterrupted run. SIGINT or SIGTERM stops after the current update, saves, and exits with status
-130 or 143. A NaN or infinite loss stops the run before anything is saved or exported.
+130 or 143; with several processes, an error or a kill on one of them stops the others within
+seconds, without saving (:class:`charlm.runtime.StopRequest`). A NaN or infinite loss stops the run
+before anything is saved or exported.
+
+Threads and precision (:mod:`charlm.runtime`): each process uses the cores available to it divided
+among the processes on the machine (``train.num_threads`` to choose), whatever the launcher set in
+``OMP_NUM_THREADS``; ``train.mixed_precision=auto`` is bf16 where the hardware runs it fast.
 """
 
 from __future__ import annotations
@@ -36,7 +42,6 @@ import json
 import math
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +58,7 @@ from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.model import CharLM, describe_model
 from charlm.nn import detach_state
+from charlm.runtime import StopRequest, configure_threads, launch_device_type, resolve_mixed_precision
 from charlm.scoring import safe_exp, score_stream
 from charlm.state import (
     BEST_DIR,
@@ -69,7 +75,8 @@ from charlm.state import (
     state_bytes,
 )
 
-STOP_CHECK_EVERY = 10  # with several processes, a SIGINT/SIGTERM is agreed on every N updates
+STOP_CHECK_EVERY = 10
+TRACKING_PROJECT = "charlm"  # the trackers' project name (TensorBoard: OUTPUT_DIR/charlm/)  # with several processes, a SIGINT/SIGTERM is agreed on every N updates
 
 
 class TextStream:
@@ -95,6 +102,23 @@ class TextStream:
         return self.inputs[:, cols], self.targets[:, cols]
 
 
+def tracker(report_to: str) -> str | None:
+    """``train.report_to`` as accelerate's ``log_with``; a tracker that is not installed is a
+    one-line error (accelerate would skip it silently)."""
+    if report_to == "none":
+        return None
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+
+    if report_to != "all" and report_to not in LOGGER_TYPE_TO_CLASS:
+        raise CharlmError(f"train.report_to={report_to!r} is not a tracker accelerate knows; use none, all or one "
+                          f"of: {', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
+    available = {str(t) for t in get_available_trackers()}
+    if report_to != "all" and report_to not in available:
+        extra = " (pip install charlm[tensorboard])" if report_to == "tensorboard" else f" (pip install {report_to})"
+        raise CharlmError(f"train.report_to={report_to} needs the {report_to} package, which is not installed{extra}")
+    return report_to
+
+
 def build_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
     if tc.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
@@ -116,33 +140,6 @@ def sequence_loss(nll: torch.Tensor) -> torch.Tensor:
     """Per-token losses ``[B, T]`` -> summed over the time steps, averaged over the batch rows:
     the loss whose gradient the paper clips at norm 5 (the per-token mean times seq_len)."""
     return nll.sum(dim=1).mean()
-
-
-class StopRequest:
-    """SIGINT / SIGTERM while training: remember the signal; the loop saves and stops after the
-    current update. A second SIGINT a second or more later (a deliberate second Ctrl-C) stops at
-    once, without saving; a signal repeated sooner (a launcher forwarding it) counts as the first."""
-
-    def __init__(self):
-        self.signum = 0
-        self._at = 0.0
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame) -> None:
-        if not self.signum:
-            self.signum, self._at = signum, time.monotonic()
-        elif signum == signal.SIGINT and time.monotonic() - self._at > 1.0:
-            raise KeyboardInterrupt
 
 
 def _agree(accelerator: Accelerator, value: int, reduce: str) -> int:
@@ -230,10 +227,13 @@ class Run:
         tc = self.tc = config.train
         self.output_dir, self.resume = Path(output_dir), resume
         self.accelerator = accelerator = Accelerator(
-            mixed_precision=tc.mixed_precision or None,
+            log_with=tracker(tc.report_to),
+            project_dir=str(self.output_dir),
+            mixed_precision=resolve_mixed_precision(tc.mixed_precision, launch_device_type()),
             gradient_accumulation_steps=tc.gradient_accumulation_steps,
             kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
         )
+        self.threads = configure_threads(tc.num_threads)  # whatever OMP_NUM_THREADS the launcher set
         set_seed(tc.seed)  # the same seed everywhere: identical initial weights on every process
 
         # Everything that reads input comes first, so a bad corpus or config leaves no output folder.
@@ -259,6 +259,7 @@ class Run:
         # Losses of the chunks since the last finiteness check: (update, loss), checked every log_every
         # updates and before anything is saved, so a NaN never reaches a checkpoint or best/.
         self.recent: list[tuple[int, torch.Tensor]] = []
+        self.grad_norm: torch.Tensor | None = None  # of the last update, before clipping
 
     # ------------------------------------------------------------------ start
 
@@ -297,6 +298,14 @@ class Run:
             drop_later_records(output_dir / METRICS_FILE, 0)  # records of a run killed before its first state
         self.set_lr(self.progress.lr)
 
+    def start_tracking(self) -> None:
+        """Open the trackers of ``train.report_to`` (after the output folder was checked), with the
+        config as hyperparameters (lists written as text: trackers take scalars)."""
+        if self.tc.report_to != "none":
+            flat = {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
+                    for section, values in self.config.to_dict().items() for key, value in values.items()}
+            self.accelerator.init_trackers(TRACKING_PROJECT, config=flat)
+
     def print_summary(self) -> None:
         if not self.accelerator.is_main_process:
             return
@@ -305,7 +314,7 @@ class Run:
         print(
             f"charlm train: {self.raw_model.num_parameters():,} parameters | {describe_model(mc)} | vocab "
             f"{len(self.vocab):,} words, {len(self.vocab.chars)} chars, spellings of {self.vocab.max_word_length}\n"
-            f"  {accelerator.num_processes} process(es) on {accelerator.device}, precision "
+            f"  {accelerator.num_processes} process(es) on {accelerator.device}, {self.threads} thread(s) each, precision "
             f"{accelerator.mixed_precision} | {self.rows} rows x {tc.seq_len} steps = {self.rows * tc.seq_len:,} tokens "
             f"per chunk, {tc.gradient_accumulation_steps} chunk(s) per update | {self.updates_per_epoch:,} updates per "
             f"epoch, {tc.max_epochs} epochs" + (f", at most {tc.max_steps} updates" if tc.max_steps else ""),
@@ -329,7 +338,7 @@ class Run:
             loss = sequence_loss(nll)
             accelerator.backward(loss)
             if accelerator.sync_gradients and tc.grad_clip > 0:
-                accelerator.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+                self.grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad()
             if tc.clip_padding_gradient and accelerator.sync_gradients:
@@ -386,6 +395,9 @@ class Run:
         )
         improved = valid_ppl < progress.best_valid
         progress.best_valid = min(progress.best_valid, valid_ppl)
+        if tc.report_to != "none":
+            self.accelerator.log({"valid/ppl": valid_ppl, "train/epoch_ppl": train_ppl, "epoch": record.epoch},
+                                 step=progress.global_step)
         if accelerator.is_main_process:
             self.write_record(record, improved)
         if cut_short:
@@ -414,14 +426,22 @@ class Run:
             f"{record.tokens_per_sec:,.0f} tok/s | {record.seconds:.0f} s"
         )
 
-    def show_speed(self, bar, k: int, nll_sum: torch.Tensor, train_start: float) -> None:
-        """The progress bar's running train perplexity, learning rate and tokens/s."""
+    def report(self, bar, k: int, nll_sum: torch.Tensor, train_start: float) -> None:
+        """The running train perplexity (this epoch, this process), learning rate and tokens/s: on
+        the progress bar, and to the trackers with the last update's gradient norm."""
         tc, progress = self.tc, self.progress
         done_tokens = (k + 1) * tc.batch_size * tc.seq_len
         mean_nll = (progress.epoch_nll[self.accelerator.process_index] + float(nll_sum)) / done_tokens
         elapsed = progress.epoch_train_seconds + time.time() - train_start
-        bar.set_postfix(ppl=f"{math.exp(min(mean_nll, 50)):.1f}", lr=f"{progress.lr:g}",
-                        tok_s=f"{(k + 1) * self.rows * tc.seq_len / max(elapsed, 1e-9):,.0f}", refresh=False)
+        tokens_per_sec = (k + 1) * self.rows * tc.seq_len / max(elapsed, 1e-9)
+        bar.set_postfix(ppl=f"{safe_exp(min(mean_nll, 50)):.1f}", lr=f"{progress.lr:g}",
+                        tok_s=f"{tokens_per_sec:,.0f}", refresh=False)
+        if tc.report_to != "none":
+            values = {"train/loss": mean_nll, "train/ppl": safe_exp(mean_nll), "train/lr": progress.lr,
+                      "train/tokens_per_sec": tokens_per_sec}
+            if self.grad_norm is not None:
+                values["train/grad_norm"] = float(self.grad_norm)
+            self.accelerator.log(values, step=progress.global_step)
 
 
 def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resume: bool = False) -> dict[str, Any]:
@@ -431,13 +451,14 @@ def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resum
     run.prepare_output()
     run.restore()
     run.print_summary()
+    run.start_tracking()
     tc, progress, accelerator = run.tc, run.progress, run.accelerator
     output_dir = run.output_dir
 
     start_time = time.time()
     cut_short = False
     stopped_by = 0  # the signal (SIGINT, SIGTERM) that stopped the run, agreed by every process
-    stop = StopRequest()
+    stop = StopRequest(accelerator.num_processes, accelerator.process_index)
     with stop:
         while run.progress.epoch < tc.max_epochs and not cut_short and not stopped_by:
             progress = run.progress
@@ -463,7 +484,7 @@ def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resum
                     step = progress.global_step
                     if step % tc.log_every == 0 or k + 1 == run.chunks_per_epoch:
                         run.check_finite(epoch)
-                        run.show_speed(bar, k, nll_sum, train_start)
+                        run.report(bar, k, nll_sum, train_start)
                     cut_short = bool(tc.max_steps) and step >= tc.max_steps
                     if cut_short:
                         break

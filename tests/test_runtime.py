@@ -43,7 +43,7 @@ def env(**extra: str) -> dict[str, str]:
     """This environment for a child process: the checkout first on PYTHONPATH, no stray launcher
     variables, warnings off."""
     clean = {k: v for k, v in os.environ.items()
-             if k not in runtime.LOCAL_SIZE_VARIABLES and not k.startswith("ACCELERATE_")}
+             if k not in (*runtime.LOCAL_SIZE_VARIABLES, "OMP_NUM_THREADS") and not k.startswith("ACCELERATE_")}
     return {**clean, "PYTHONPATH": os.pathsep.join([str(REPO), clean.get("PYTHONPATH", "")]),
             "PYTHONWARNINGS": "ignore", **extra}
 
@@ -51,7 +51,7 @@ def env(**extra: str) -> dict[str, str]:
 @pytest.fixture
 def no_launcher(monkeypatch):
     """As if started without a launcher: no local size, no accelerate settings; threads put back after."""
-    for name in [*runtime.LOCAL_SIZE_VARIABLES, "ACCELERATE_MIXED_PRECISION", "ACCELERATE_USE_CPU"]:
+    for name in [*runtime.LOCAL_SIZE_VARIABLES, "ACCELERATE_MIXED_PRECISION", "ACCELERATE_USE_CPU", "OMP_NUM_THREADS"]:
         monkeypatch.delenv(name, raising=False)
     threads = torch.get_num_threads()
     yield monkeypatch
@@ -62,7 +62,6 @@ def no_launcher(monkeypatch):
 
 
 def test_threads_are_the_available_cores_divided_among_local_processes(no_launcher):
-    no_launcher.setenv("OMP_NUM_THREADS", "1")  # what accelerate's launcher sets: not read
     assert configure_threads() == CORES == torch.get_num_threads()
     no_launcher.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))  # e.g. a CPU set of 8 cores
     assert configure_threads() == 8
@@ -72,6 +71,14 @@ def test_threads_are_the_available_cores_divided_among_local_processes(no_launch
     no_launcher.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "16")  # more processes than cores: one each
     assert configure_threads() == 1
     assert configure_threads(local_processes=1) == 8  # a command whose other processes only wait
+
+
+def test_omp_num_threads_counts_only_without_a_launcher(no_launcher):
+    no_launcher.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    no_launcher.setenv("OMP_NUM_THREADS", "3")  # the user's own setting: a command run without a launcher
+    assert configure_threads() == 3
+    no_launcher.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun sets OMP_NUM_THREADS=1 itself: not a choice
+    assert configure_threads() == 4
 
 
 def test_a_chosen_thread_count_wins(no_launcher):

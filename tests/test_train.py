@@ -1,6 +1,7 @@
 """Training: the text stream, the learning-rate rule, and real runs through the CLI and the launcher."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -221,3 +222,25 @@ def test_gradient_accumulation_counts_updates(corpus, tmp_path):
     assert run_train(corpus, two, "train.max_epochs=1", "train.gradient_accumulation_steps=2") == 0
     step = lambda d: json.loads((d / "metrics.jsonl").read_text().splitlines()[-1])["step"]  # noqa: E731
     assert step(two) == step(one) // 2
+
+
+def test_tensorboard_tracking_holds_the_scalars_and_the_config(corpus, tmp_path, capsys):
+    """train.report_to=tensorboard: the event file, read back with TensorBoard's own reader."""
+    pytest.importorskip("tensorboard")  # a dev dependency: CI has it
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert run_train(corpus, out, "train.max_epochs=2", "train.log_every=2", "train.report_to=tensorboard") == 0
+    readers = [EventAccumulator(str(path.parent)).Reload() for path in (out / "charlm").rglob("events.out.tfevents.*")]
+    (reader,) = [r for r in readers if r.Tags()["scalars"]]  # the scalars' file (hparams have their own)
+    tags = set(reader.Tags()["scalars"])
+    assert {"train/loss", "train/ppl", "train/lr", "train/tokens_per_sec", "train/grad_norm", "valid/ppl"} <= tags
+    valid = [e.value for e in reader.Scalars("valid/ppl")]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert valid == pytest.approx([r["valid_ppl"] for r in records], rel=1e-3)  # the same numbers as the record
+    losses = reader.Scalars("train/loss")
+    assert len(losses) >= 2 and all(math.isfinite(e.value) for e in losses)
+    assert reader.Scalars("train/lr")[0].value == 1.0
+    code = main(["train", "--config", str(TINY), "--data-dir", str(corpus), "--output-dir", str(tmp_path / "x"),
+                 *SMALL, "train.report_to=nosuchtracker"])
+    assert code == 2 and "not a tracker accelerate knows" in capsys.readouterr().err
