@@ -516,6 +516,8 @@ class WordCounter:
     words of the training split are counted. ``charlm prepare`` stores the provisional ids of
     every split as it reads them and renumbers them with the table :meth:`vocabulary` returns,
     so the text is tokenized only once. Memory grows with the number of different words only.
+    Counters fed different parts of a corpus (in different processes) are combined with
+    :meth:`absorb`.
     """
 
     def __init__(self, options: VocabOptions):
@@ -535,10 +537,27 @@ class WordCounter:
         )
         if train:
             counts = np.bincount(ids)  # [largest id + 1]
-            if len(counts) > len(self._counts):  # room for twice as many words
-                self._counts = np.concatenate([self._counts, np.zeros(2 * len(counts), np.int64)])
+            self._grow_counts(len(counts))
             self._counts[: len(counts)] += counts
         return ids
+
+    def words_seen(self) -> tuple[list[str], np.ndarray]:
+        """Every word seen, in provisional id order, and its training count."""
+        return list(self._ids), self._counts[: len(self._ids)].copy()
+
+    def absorb(self, words: list[str], counts: np.ndarray) -> np.ndarray:
+        """Add the :meth:`words_seen` of another counter (fed other batches of the same
+        corpus); returns the table from its provisional ids to this counter's."""
+        table = np.fromiter(
+            (self._ids.setdefault(word, len(self._ids)) for word in words), dtype=np.int32, count=len(words)
+        )
+        self._grow_counts(len(self._ids))
+        self._counts[table] += counts  # table has no repeats: a plain add
+        return table
+
+    def _grow_counts(self, size: int) -> None:
+        if size > len(self._counts):  # room for twice as many words
+            self._counts = np.concatenate([self._counts, np.zeros(2 * size, np.int64)])
 
     def _provisional_ids(self, words: list[str]) -> np.ndarray:
         """Ids of known words in one C-level sweep; then new words get the next ids."""
@@ -697,8 +716,9 @@ class Vocabulary:
         line of any length takes bounded memory.
         """
         text = lines_text(list(lines), self.lowercase, self.add_eos)
-        rows = self._backend.encode_batch(list(text_windows(text)))
-        return np.fromiter(chain.from_iterable(rows), dtype=np.int32)
+        windows = [np.array(*self._backend.encode_batch([window]), dtype=np.int32)
+                   for window in text_windows(text)]
+        return np.concatenate(windows)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Ids back to text: ``<eos>`` ends a line (a newline); words are joined by spaces

@@ -47,6 +47,9 @@ DATA_FILE_BUILDERS = {
 SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")
 
 BLOCK_BYTES = 1 << 20  # a text file is read in blocks of about this size, cut at a newline
+# Longer lines are an error: a line is held whole, a few times over (about 7 bytes of memory per
+# byte of the longest line). A 100 MB line (text8) is fine.
+MAX_LINE_BYTES = 256 << 20
 ROWS_PER_BATCH = 1_000  # dataset rows per batch
 LIST_BATCH_LINES = 10_000  # lines per batch of lines already in memory
 BYTE_ORDER_MARK = b"\xef\xbb\xbf"  # dropped at the start of a file (as the utf-8-sig codec does)
@@ -120,46 +123,56 @@ class TextFile:
         self.flag = flag
 
     def batches(self) -> Iterator[list[str]]:
-        lines_before = 0  # newlines before the block: the line number of an error
         try:
             with open(self.path, "rb") as file:
-                for offset, block in _line_blocks(file):
+                for offset, line, block in self._blocks(file):
                     start = len(BYTE_ORDER_MARK) if offset == 0 and block.startswith(BYTE_ORDER_MARK) else 0
                     try:
                         text = block[start:].decode("utf-8")
                     except UnicodeDecodeError as err:
-                        raise self._not_utf8(block, offset, start + err.start, lines_before) from None
-                    lines_before += block.count(b"\n")
-                    yield text_lines(text)
+                        raise self._not_utf8(block, offset, start + err.start, line) from None
+                    del block  # a block can be one huge line: hold one copy of it at a time
+                    lines = text_lines(text)
+                    del text
+                    yield lines
         except OSError as err:
             raise CharlmError(f"cannot read {self.flag} {self.path} ({err.strerror or err})") from None
 
-    def _not_utf8(self, block: bytes, offset: int, position: int, lines_before: int) -> CharlmError:
-        """The error for the byte at ``block[position]``, ``offset`` bytes into the file."""
-        line = lines_before + block.count(b"\n", 0, position) + 1
+    def _blocks(self, file) -> Iterator[tuple[int, int, bytes]]:
+        """(byte offset, line number, block) for consecutive blocks of the file, each ending
+        just after a newline (the last one at the end of the file). A block holds at least one
+        whole line, so a long line makes a block of its own size, up to MAX_LINE_BYTES."""
+        offset, line = 0, 1
+        pending, pending_bytes = [], 0  # the start of a line that continues in the next read
+        while data := file.read(BLOCK_BYTES):
+            cut = data.rfind(b"\n") + 1
+            if not cut:
+                pending.append(data)
+                pending_bytes += len(data)
+                if pending_bytes > MAX_LINE_BYTES:
+                    raise CharlmError(
+                        f"line {line} of {self.path} is longer than {MAX_LINE_BYTES >> 20} MiB; "
+                        "break it into lines (e.g. `fold -s -w 10000`)"
+                    )
+                continue
+            block = b"".join([*pending, data[:cut]])
+            pending = [data[cut:]]
+            pending_bytes = len(pending[0])
+            yield offset, line, block
+            offset += len(block)
+            line += block.count(b"\n")
+        rest = b"".join(pending)
+        if rest:
+            yield offset, line, rest
+
+    def _not_utf8(self, block: bytes, offset: int, position: int, line: int) -> CharlmError:
+        """The error for the byte at ``block[position]``; the block starts at byte ``offset``
+        of the file, on line ``line``."""
+        line += block.count(b"\n", 0, position)
         return CharlmError(
             f"{self.path} is not UTF-8 text: invalid byte 0x{block[position]:02x} at byte offset "
             f"{offset + position} (line {line}); convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
         )
-
-
-def _line_blocks(file) -> Iterator[tuple[int, bytes]]:
-    """(byte offset, block) for consecutive blocks of a binary file, each ending just after a
-    newline (the last one at the end of the file). A block holds at least one whole line, so
-    a very long line makes a block of its own size."""
-    offset, pending = 0, []  # pending: the start of a line that continues in the next read
-    while data := file.read(BLOCK_BYTES):
-        cut = data.rfind(b"\n") + 1
-        if not cut:
-            pending.append(data)
-            continue
-        block = b"".join([*pending, data[:cut]])
-        pending = [data[cut:]]
-        yield offset, block
-        offset += len(block)
-    rest = b"".join(pending)
-    if rest:
-        yield offset, rest
 
 
 def read_text_file(path: str | os.PathLike, split: str | None = None, flag: str | None = None) -> list[str]:
