@@ -29,7 +29,7 @@ from charlm.corpus import ID_DTYPE
 from charlm.errors import CharlmError
 
 LOCK_FILE = ".lock"
-RENUMBER_CHUNK = 1 << 22  # ids per step when renumbering a written array
+RENUMBER_CHUNK = 1 << 20  # ids per step when renumbering a written array
 
 
 @contextmanager
@@ -167,21 +167,20 @@ class IdArrayWriter:
             self._file.write(header)
 
 
-def renumber(path: Path, table: np.ndarray, unk_id: int, progress=None) -> int:
-    """Replace each id ``i`` in the ``.npy`` file by ``table[i]``, in place, a chunk at a time;
-    returns how many ids became ``unk_id``."""
+def renumber(path: Path, stretches: list[tuple[np.ndarray, int]], unk_id: int, progress=None) -> int:
+    """Renumber the ``.npy`` file in place, a chunk at a time: each ``(table, length)`` stretch
+    (in file order) replaces its ids ``i`` by ``table[i]``. Returns how many became ``unk_id``."""
     unk = 0
     with disk_errors(path), open(path, "r+b") as file:
         position = HEADER_BYTES
-        while True:
-            file.seek(position)
-            ids = np.fromfile(file, dtype=ID_DTYPE, count=RENUMBER_CHUNK)
-            if not len(ids):
-                return unk
-            ids = table[ids]
-            unk += int(np.count_nonzero(ids == unk_id))
-            file.seek(position)
-            file.write(ids.data)
-            position += ids.nbytes
-            if progress is not None:
-                progress.update(len(ids))
+        for table, length in stretches:
+            for start in range(0, length, RENUMBER_CHUNK):
+                file.seek(position)
+                ids = table[np.fromfile(file, dtype=ID_DTYPE, count=min(RENUMBER_CHUNK, length - start))]
+                unk += int(np.count_nonzero(ids == unk_id))
+                file.seek(position)
+                file.write(ids.data)
+                position += ids.nbytes
+                if progress is not None:
+                    progress.update(len(ids))
+    return unk

@@ -30,7 +30,7 @@ import argparse
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -49,14 +49,7 @@ from charlm.corpus import (
     split_file,
 )
 from charlm.errors import CharlmError
-from charlm.vocab import (
-    PRE_TOKENIZERS,
-    SP_MODEL_TYPES,
-    TOKENIZERS,
-    VocabOptions,
-    Vocabulary,
-    WordCounter,
-)
+from charlm.vocab import PRE_TOKENIZERS, SP_MODEL_TYPES, TOKENIZERS, VocabOptions, Vocabulary
 from data_prep.demo import demo_source, demo_splits
 from data_prep.output import IdArrayWriter, TemporaryCorpus, disk_errors, renumber
 from data_prep.sources import (
@@ -68,6 +61,7 @@ from data_prep.sources import (
     dataset_source,
     dataset_splits,
 )
+from data_prep.words import WordNumbering
 
 PROGRESS_DELAY_S = 3.0  # progress bars appear only for steps that take longer than this
 
@@ -122,6 +116,13 @@ class PrepareConfig(VocabOptions):
     split_seed: int = field(
         default=0, metadata={"help": "random seed of the choice of lines carved out of train"}
     )
+    workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "word mode: processes that tokenize and number the words of a large corpus "
+            "(the result does not depend on it); unset: one per CPU this process may use"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -145,6 +146,8 @@ class PrepareConfig(VocabOptions):
         for flag, fraction in fractions.items():
             if not 0 <= fraction < 1:
                 raise CharlmError(f"{flag} must be in [0, 1), not {fraction}")
+        if self.workers is not None and self.workers < 1:
+            raise CharlmError(f"--workers must be at least 1, not {self.workers}")
 
     def resolved(self) -> PrepareConfig:
         """A copy with the unset vocabulary options filled in (the demo is raw text)."""
@@ -157,7 +160,8 @@ class PrepareConfig(VocabOptions):
 
 
 # Fields that say where the text comes from; they are recorded as the "source" in meta.json,
-# and all other fields except output_dir as its "options".
+# and all other fields except RUN_FIELDS (where and how to run: no effect on the corpus) as its
+# "options".
 SOURCE_FIELDS = (
     "train_file",
     "valid_file",
@@ -167,6 +171,7 @@ SOURCE_FIELDS = (
     "text_column",
     "demo",
 )
+RUN_FIELDS = ("output_dir", "workers")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,6 +212,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     option("--no-eos", "add_eos", vocab, action="store_false")
 
     option("--output-dir", "output_dir", required=True, metavar="DIR")
+    option("--workers", "workers", type=int, metavar="N")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -236,15 +242,17 @@ def prepare_corpus(config: PrepareConfig, *, verbose: bool = True) -> dict:
     options = {
         name: value
         for name, value in dataclasses.asdict(config).items()
-        if name not in SOURCE_FIELDS and name != "output_dir"
+        if name not in SOURCE_FIELDS and name not in RUN_FIELDS
     }
     check_output_dir(output_dir, source, options)  # before any work: fail fast
     splits = open_splits(config)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     with TemporaryCorpus(output_dir) as tmp:
-        prepare = prepare_words if config.tokenizer == "word" else prepare_pieces
-        vocab, split_stats = prepare(splits, config.vocab_options(), tmp.path)
+        if config.tokenizer == "word":
+            vocab, split_stats = prepare_words(splits, config.vocab_options(), tmp.path, config.workers)
+        else:
+            vocab, split_stats = prepare_pieces(splits, config.vocab_options(), tmp.path)
         with disk_errors(tmp.path):
             vocab.save(tmp.path)
         meta = {
@@ -302,22 +310,21 @@ def open_splits(config: PrepareConfig) -> SplitSources:
 
 
 def prepare_words(
-    splits: SplitSources, options: VocabOptions, directory: Path
+    splits: SplitSources, options: VocabOptions, directory: Path, workers: int | None = None
 ) -> tuple[Vocabulary, dict]:
     """Word mode, in one read of the text. Pass 1 tokenizes every split, stores each word's
-    provisional id (see :class:`~charlm.vocab.WordCounter`) in the split's array and counts the
-    training words; pass 2 builds the vocabulary from the counts and renumbers the arrays in
-    place. Returns the vocabulary and the statistics of each split."""
-    counter = WordCounter(options)
-
-    def encode(split: str, lines: list[str]) -> np.ndarray:
-        return counter.encode(lines, train=split == "train")
-
-    lines, tokens = write_splits(splits, encode, directory, "reading, counting (1/2)")
-    vocab, table = counter.vocabulary()
+    provisional id (see :class:`~charlm.vocab.WordCounter`; :mod:`data_prep.words` for the
+    worker processes of a large corpus) in the split's array and counts the training words;
+    pass 2 builds the vocabulary from the counts and renumbers the arrays in place. Returns the
+    vocabulary and the statistics of each split."""
+    with WordNumbering(options, workers) as numbering:
+        encoded = numbering.encode(splits.batches())
+        lines, tokens = write_splits(encoded, directory, "reading, counting (1/2)")
+        splits.check_lines(lines)
+        vocab, stretches = numbering.vocabulary()
     with progress_bar("numbering (2/2)", total=sum(tokens.values())) as progress:
         unk = {
-            split: renumber(directory / split_file(split), table, vocab.unk_id, progress)
+            split: renumber(directory / split_file(split), stretches[split], vocab.unk_id, progress)
             for split in SPLITS
         }
     return vocab, split_statistics(lines, tokens, unk)
@@ -347,23 +354,21 @@ def prepare_pieces(
     splits.check_lines(lines)
     unk = dict.fromkeys(SPLITS, 0)
 
-    def encode(split: str, lines: list[str]) -> np.ndarray:
-        ids = vocab.encode_lines(lines)
-        unk[split] += int(np.count_nonzero(ids == vocab.unk_id))
-        return ids
+    def encoded() -> Iterator[tuple[str, int, np.ndarray]]:
+        for split, batch in splits.batches():
+            ids = vocab.encode_lines(batch)
+            unk[split] += int(np.count_nonzero(ids == vocab.unk_id))
+            yield split, len(batch), ids
 
-    lines, tokens = write_splits(splits, encode, directory, "encoding (2/2)")
+    lines, tokens = write_splits(encoded(), directory, "encoding (2/2)")
     return vocab, split_statistics(lines, tokens, unk)
 
 
 def write_splits(
-    splits: SplitSources,
-    encode: Callable[[str, list[str]], np.ndarray],
-    directory: Path,
-    description: str,
+    encoded: Iterable[tuple[str, int, np.ndarray]], directory: Path, description: str
 ) -> tuple[dict[str, int], dict[str, int]]:
-    """Read every split a batch of lines at a time and write ``encode(split, lines)`` to the
-    split's array as it comes. Returns the lines and the ids written per split."""
+    """Write each ``(split, lines, ids)`` batch to the split's array as it comes. Returns the
+    lines and the ids written per split."""
     lines = dict.fromkeys(SPLITS, 0)
     with ExitStack() as stack:
         writers = {
@@ -371,12 +376,10 @@ def write_splits(
             for split in SPLITS
         }
         progress = stack.enter_context(progress_bar(description))
-        for split, batch in splits.batches():
-            ids = encode(split, batch)
+        for split, count, ids in encoded:
             writers[split].write(ids)
-            lines[split] += len(batch)
+            lines[split] += count
             progress.update(len(ids))
-        splits.check_lines(lines)
     return lines, {split: writer.length for split, writer in writers.items()}
 
 
