@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -73,16 +73,13 @@ class SplitSources:
         self.sources = sources
         self.carving = carving
 
-    def batches(self, wanted: Sequence[str] = ("train", "valid", "test")) -> Iterator[tuple[str, list[str]]]:
-        """(split, lines) batches of the ``wanted`` splits, each source read once, in order."""
+    def batches(self) -> Iterator[tuple[str, list[str]]]:
+        """(split, lines) batches of every split, each source read once, in order."""
         for split, source in self.sources.items():
             if split == "train" and self.carving is not None:
-                batches = self.carving.split(source)
+                yield from self.carving.split(source)
             else:
-                batches = ((split, batch) for batch in source.batches())
-            for name, lines in batches:
-                if name in wanted:
-                    yield name, lines
+                yield from ((split, batch) for batch in source.batches())
 
     def check_lines(self, lines: dict[str, int]) -> None:
         """CharlmError if a split read got no line (``lines``: split -> lines read)."""

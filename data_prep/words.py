@@ -53,6 +53,8 @@ class WordNumbering:
             worker.stop()
 
     def encode(self, batches: Iterable[tuple[str, list[str]]]) -> Iterator[tuple[str, int, np.ndarray]]:
+        """``(split, lines, provisional ids)`` of each batch, in order; the first batches are
+        numbered here, the others by the workers, a few at a time in flight."""
         in_flight: deque[tuple[str, int, int]] = deque()  # (split, lines, worker) in sent order
         for k, (split, lines) in enumerate(batches):
             if k == IN_PROCESS_BATCHES and self.workers > 1:
