@@ -10,6 +10,7 @@ A prepared corpus is a directory that explains itself::
     meta.json         sizes, token and <unk> counts per split, the source and the options used
 
 The arrays hold word ids only; the model spells words through ``Vocabulary.spellings()``.
+:class:`TextStream` serves training chunks straight from the memory-mapped array.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from charlm.errors import CharlmError
 from charlm.vocab import Vocabulary
+
+if TYPE_CHECKING:
+    import torch
 
 SPLITS = ("train", "valid", "test")
 META_FILE = "meta.json"
@@ -83,3 +88,38 @@ def load_corpus(
             )
         splits[split] = ids
     return vocab, splits, meta
+
+
+class TextStream:
+    """One process's rows of a split, served as ``[B, T]`` training chunks (int64).
+
+    The ids are cut into ``total_rows`` rows of ``cols = (len(ids) - 1) // total_rows`` tokens;
+    this process owns rows ``first_row`` .. ``first_row + num_rows - 1``. Chunk ``k`` is columns
+    ``[k*T, (k+1)*T)`` of those rows, and its targets are the tokens one position later (the
+    batching is explained in :mod:`charlm.train`). The stream keeps only views of ``ids``: with
+    the memory-mapped arrays of :func:`load_corpus`, a chunk is read from disk (the page cache)
+    and converted to int64 when asked for, so memory does not grow with the split.
+    """
+
+    def __init__(self, ids: np.ndarray, total_rows: int, seq_len: int, first_row: int, num_rows: int):
+        cols = (len(ids) - 1) // total_rows  # tokens per row
+        self.num_chunks = cols // seq_len
+        if self.num_chunks < 1:
+            raise CharlmError(
+                f"the training split ({len(ids)} tokens) is too short for {total_rows} rows of "
+                f"{seq_len} steps; lower train.batch_size or train.seq_len"
+            )
+        used = total_rows * cols
+        rows = slice(first_row, first_row + num_rows)
+        self._inputs = ids[:used].reshape(total_rows, cols)[rows]  # [B, cols], a view
+        self._targets = ids[1 : used + 1].reshape(total_rows, cols)[rows]  # [B, cols], shifted by one
+        self.seq_len = seq_len
+
+    def chunk(self, k: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """(inputs, targets) of chunk ``k``: int64 tensors [B, T], fresh copies."""
+        import torch  # imported here so that `charlm prepare` does not pay for torch
+
+        cols = slice(k * self.seq_len, (k + 1) * self.seq_len)
+        inputs = np.asarray(self._inputs[:, cols], dtype=np.int64)  # [B, T]
+        targets = np.asarray(self._targets[:, cols], dtype=np.int64)  # [B, T]
+        return torch.from_numpy(inputs), torch.from_numpy(targets)

@@ -38,9 +38,9 @@ import json
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, islice, repeat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,7 +48,6 @@ import numpy as np
 import sentencepiece
 from tokenizers import Regex, Tokenizer, pre_tokenizers
 from tokenizers.models import WordLevel
-from tokenizers.trainers import WordLevelTrainer
 
 from charlm.errors import CharlmError
 
@@ -93,6 +92,19 @@ PUNCTUATION_PATTERN = r"<unk>|<eos>|\w+|[^\w\s]"
 # sentencepiece training: the result depends on the thread count (not on the machine), so the
 # count is fixed to keep training deterministic everywhere.
 SENTENCEPIECE_TRAIN_THREADS = 8
+# A large training split is sampled: sentencepiece keeps a seeded random sample of this many
+# sentences (its reservoir sampling, `input_sentence_size`); smaller splits are used whole.
+SENTENCEPIECE_SAMPLE_SENTENCES = 1_000_000
+SENTENCEPIECE_SAMPLE_SEED = 0
+# Longer training lines are cut at spaces into sentences of at most this many characters (a
+# sentencepiece sentence is held whole in memory; sentencepiece cannot break one itself).
+SENTENCEPIECE_MAX_SENTENCE_CHARS = 1 << 16
+
+TRAIN_BATCH_LINES = 10_000  # lines per step of Vocabulary.train in word mode
+
+# Streamed text is tokenized in windows of at most this many characters, cut at a space, so that
+# a line of any length takes bounded memory (see text_windows).
+WINDOW_CHARS = 1 << 22
 
 VOCAB_FILE = "vocab.json"
 WORD_TOKENIZER_FILE = "tokenizer.json"
@@ -209,6 +221,61 @@ def normalize_text(text: str, lowercase: bool = False) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Streamed text: many lines as one string, split into words by Python at the speed of str.split
+# ---------------------------------------------------------------------------------------------
+
+EOS_MARK = f" {EOS_WORD} "  # ends each line of lines_text(); a literal <eos> is the same word
+# The whitespace of the tokenizers library (Rust's char::is_whitespace) is Python's str.split()
+# whitespace without these four separators, which the tokenizers library keeps inside words.
+PYTHON_ONLY_WHITESPACE = "\x1c\x1d\x1e\x1f"
+_RUST_WHITESPACE_RE = re.compile(r"[^\S\x1c-\x1f]+")
+# A <unk> or <eos> touching another character: "a<unk>b" is the three words a, <unk>, b.
+_GLUED_SPECIAL_RE = re.compile(r"<(?:unk|eos)>(?:(?=\S)|(?<=\S<unk>)|(?<=\S<eos>))")
+
+
+def lines_text(lines: Sequence[str], lowercase: bool, add_eos: bool) -> str:
+    """Lines as one normalised text for :func:`split_words`: ``" <eos> "`` after each line (or
+    a space between lines without ``add_eos``).
+
+    Normalising the joined text equals normalising each line: NFC never composes across a
+    space, and ``str.lower`` (its final-sigma rule) never looks past one. Splitting it equals
+    splitting each line and appending <eos>, since a literal ``<eos>`` is that word anyway.
+    """
+    text = EOS_MARK.join([*lines, ""]) if add_eos else " ".join(lines)
+    return normalize_text(text, lowercase)
+
+
+def text_windows(text: str, size: int = WINDOW_CHARS) -> Iterator[str]:
+    """``text`` in pieces of about ``size`` characters, each cut just after a space (a longer
+    word stays whole). No word, <unk> or <eos> spans two pieces, and NFC, lowercasing and every
+    tokenizer treat a space as a boundary, so the pieces tokenize exactly like the whole."""
+    start = 0
+    while len(text) - start > size:
+        cut = text.rfind(" ", start + 1, start + size) + 1 or text.find(" ", start + size) + 1
+        if not cut:
+            break
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def split_words(text: str, pre_tokenizer: str) -> list[str]:
+    """The words of normalised ``text``, exactly as the word tokenizer (``_WordTokenizer.build``)
+    finds them: a literal <unk> or <eos> is a word of its own even inside other characters."""
+    if pre_tokenizer == "punctuation":  # the pattern itself keeps <unk> and <eos> whole
+        return [word for word, _ in _pre_tokenizer(pre_tokenizer).pre_tokenize_str(text)]
+    if not _GLUED_SPECIAL_RE.search(text) and not any(c in text for c in PYTHON_ONLY_WHITESPACE):
+        return text.split()  # the common case, several times faster than the general one
+    words = []
+    for k, part in enumerate(SPECIALS_RE.split(text)):  # [text, special, text, ...]
+        if k % 2:
+            words.append(part)
+        else:
+            words.extend(word for word in _RUST_WHITESPACE_RE.split(part) if word)
+    return words
+
+
+# ---------------------------------------------------------------------------------------------
 # Tokenizer back ends: each one splits normalised text into words and encodes it to word ids.
 # Vocabulary picks one by name; nothing else in charlm looks at the mode.
 # ---------------------------------------------------------------------------------------------
@@ -236,44 +303,29 @@ class _WordTokenizer:
         nothing for text without such letters.)
         """
         tokenizer = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK_WORD))
-        if pre_tokenizer == "whitespace":
-            tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        else:  # invert=True: the pattern matches the words, everything between them is dropped
-            tokenizer.pre_tokenizer = pre_tokenizers.Split(
-                Regex(PUNCTUATION_PATTERN), behavior="removed", invert=True
-            )
+        tokenizer.pre_tokenizer = _pre_tokenizer(pre_tokenizer)
         # Special tokens are matched in the raw text before pre-tokenization, so a literal
         # "<unk>" is the <unk> word even where punctuation splitting would cut it up.
         tokenizer.add_special_tokens(list(SPECIAL_WORDS))
         return tokenizer
 
     @classmethod
-    def train(
-        cls, lines: list[str], options: VocabOptions
+    def from_counts(
+        cls, types: list[str], counts: np.ndarray, options: VocabOptions
     ) -> tuple["_WordTokenizer", list[str], set[str]]:
-        """Count the training words; keep the frequent ones. Returns (tokenizer, words, chars)."""
-        # 1. Find every training word with the Rust trainer (no limit), then count them by
-        #    encoding the split: the trainer does not expose its counts.
-        full = cls.build({UNK_WORD: 0, EOS_WORD: 1}, options.pre_tokenizer)
-        trainer = WordLevelTrainer(
-            vocab_size=2**31 - 1,
-            min_frequency=0,
-            special_tokens=list(SPECIAL_WORDS),
-            show_progress=False,
-        )
-        full.train_from_iterator(lines, trainer, length=len(lines))
-        full_vocab = full.get_vocab()
-        ids = np.fromiter(chain.from_iterable(_encode_batch(full, lines)), dtype=np.int64)
-        counts = np.bincount(ids, minlength=max(full_vocab.values()) + 1).tolist()
-        # 2. Specials first, then words by descending count (ties: by code points), limited.
-        types = [word for word in full_vocab if word not in SPECIAL_WORDS]
-        ranked = sorted(types, key=lambda word: (-counts[full_vocab[word]], word))
-        kept = [word for word in ranked if counts[full_vocab[word]] >= options.min_freq]
+        """Keep the frequent training words. ``types[i]`` was seen ``counts[i]`` times in the
+        training split (0: only elsewhere); ``types`` starts with <unk> and <eos>.
+        Returns (tokenizer, words, chars)."""
+        # Specials first, then words by descending count (ties: by code points), limited.
+        trained = [i for i in np.flatnonzero(counts).tolist() if i >= len(SPECIAL_WORDS)]
+        by_word = sorted(trained, key=types.__getitem__)
+        ranked = np.array(by_word, dtype=np.int64)[np.argsort(-counts[by_word], kind="stable")]
+        kept = ranked[counts[ranked] >= options.min_freq]
         if options.vocab_size is not None:
             kept = kept[: options.vocab_size - len(SPECIAL_WORDS)]
-        words = [*SPECIAL_WORDS, *kept]
-        # 3. Characters: of every training word, including the rare ones that became <unk>.
-        chars = set().union(*types) if types else set()
+        words = [*SPECIAL_WORDS, *(types[i] for i in kept.tolist())]
+        # Characters: of every training word, including the rare ones that became <unk>.
+        chars = set("".join(types[i] for i in trained))
         vocab = {word: i for i, word in enumerate(words)}
         tokenizer = cls.build(vocab, options.pre_tokenizer)
         return cls(tokenizer, options.pre_tokenizer), words, chars
@@ -303,6 +355,14 @@ class _WordTokenizer:
         return sorted(vocab, key=vocab.__getitem__)
 
 
+def _pre_tokenizer(name: str) -> pre_tokenizers.PreTokenizer:
+    """The pre-tokenizer of the word tokenizer: ``whitespace`` or ``punctuation``."""
+    if name == "whitespace":
+        return pre_tokenizers.WhitespaceSplit()
+    # invert=True: the pattern matches the words, everything between them is dropped
+    return pre_tokenizers.Split(Regex(PUNCTUATION_PATTERN), behavior="removed", invert=True)
+
+
 def _encode_batch(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
     # encode_batch_fast (tokenizers >= 0.20) skips the offsets, which we do not need here.
     encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
@@ -322,20 +382,16 @@ class _SentencePieceTokenizer:
 
     @classmethod
     def train(
-        cls, lines: list[str], options: VocabOptions
+        cls, lines: Iterable[str], options: VocabOptions
     ) -> tuple["_SentencePieceTokenizer", list[str], set[str]]:
-        """Train the model in-process. Returns (tokenizer, pieces, chars)."""
-        # Literal specials are cut out of the training text: they must not become pieces.
-        texts = [" ".join(SPECIALS_RE.sub(" ", line).split()) for line in lines]
-        texts = [text for text in texts if text]
-        if not texts:
-            raise CharlmError(
-                "the training split has no text besides <unk>/<eos> to train sentencepiece on"
-            )
+        """Train the model in-process on normalised lines, a stream read once (a large one is
+        sampled, see SENTENCEPIECE_SAMPLE_SENTENCES). Returns (tokenizer, pieces, chars)."""
+        sentences = _TrainingSentences(lines)
         model = io.BytesIO()
+        sentencepiece.set_random_generator_seed(SENTENCEPIECE_SAMPLE_SEED)
         try:
             sentencepiece.SentencePieceTrainer.train(
-                sentence_iterator=iter(texts),
+                sentence_iterator=sentences,
                 model_writer=model,
                 model_type=options.sp_model_type,
                 vocab_size=options.vocab_size,
@@ -347,11 +403,17 @@ class _SentencePieceTokenizer:
                 eos_piece=EOS_WORD,
                 bos_id=-1,
                 pad_id=-1,
-                max_sentence_length=max(len(text.encode("utf-8")) for text in texts) + 1,
+                max_sentence_length=4 * SENTENCEPIECE_MAX_SENTENCE_CHARS + 1,  # in bytes: none skipped
+                input_sentence_size=SENTENCEPIECE_SAMPLE_SENTENCES,
+                shuffle_input_sentence=True,
                 num_threads=SENTENCEPIECE_TRAIN_THREADS,
                 minloglevel=2,  # quiet
             )
         except RuntimeError as err:
+            if not sentences.count:
+                raise CharlmError(
+                    "the training split has no text besides <unk>/<eos> to train sentencepiece on"
+                ) from None
             reason = str(err).splitlines()[0].split("] ")[-1]
             raise CharlmError(
                 f"sentencepiece could not train with --vocab-size {options.vocab_size}: {reason}"
@@ -415,7 +477,105 @@ class _SentencePieceTokenizer:
         return [self.processor.id_to_piece(i) for i in range(self.processor.get_piece_size())]
 
 
+class _TrainingSentences:
+    """The sentences sentencepiece trains on, made from normalised lines as it asks for them:
+    literal specials cut out (they must not become pieces), whitespace collapsed, blank ones
+    dropped, long ones cut at spaces. ``count`` says how many it has given."""
+
+    def __init__(self, lines: Iterable[str]):
+        self._lines = iter(lines)
+        self._pending: Iterator[str] = iter(())
+        self.count = 0
+
+    def __iter__(self) -> "_TrainingSentences":
+        return self
+
+    def __next__(self) -> str:
+        while True:
+            for window in self._pending:
+                sentence = window.strip()
+                if sentence:
+                    self.count += 1
+                    return sentence
+            text = " ".join(SPECIALS_RE.sub(" ", next(self._lines)).split())
+            self._pending = text_windows(text, SENTENCEPIECE_MAX_SENTENCE_CHARS)
+
+
 _BACKENDS = {backend.kind: backend for backend in (_WordTokenizer, _SentencePieceTokenizer)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Word mode in one read of the text
+# ---------------------------------------------------------------------------------------------
+
+
+class WordCounter:
+    """A word vocabulary in the making, fed the text once.
+
+    Every word gets a provisional id in order of first appearance (<unk> 0, <eos> 1), and the
+    words of the training split are counted. ``charlm prepare`` stores the provisional ids of
+    every split as it reads them and renumbers them with the table :meth:`vocabulary` returns,
+    so the text is tokenized only once. Memory grows with the number of different words only.
+    Counters fed different parts of a corpus (in different processes) are combined with
+    :meth:`absorb`.
+    """
+
+    def __init__(self, options: VocabOptions):
+        self.options = options.resolved()
+        if self.options.tokenizer != "word":
+            raise ValueError(f"WordCounter is for the word tokenizer, not {self.options.tokenizer}")
+        self._ids = {word: i for i, word in enumerate(SPECIAL_WORDS)}  # word -> provisional id
+        self._counts = np.zeros(1 << 16, dtype=np.int64)  # training count by provisional id
+
+    def encode(self, lines: Sequence[str], train: bool) -> np.ndarray:
+        """Provisional ids (int32) of the lines' words, ``<eos>`` after each line if add_eos;
+        counted if the lines are training lines."""
+        text = lines_text(lines, self.options.lowercase, self.options.add_eos)
+        ids = np.concatenate(
+            [self._provisional_ids(split_words(window, self.options.pre_tokenizer))
+             for window in text_windows(text)]
+        )
+        if train:
+            counts = np.bincount(ids)  # [largest id + 1]
+            self._grow_counts(len(counts))
+            self._counts[: len(counts)] += counts
+        return ids
+
+    def words_seen(self) -> tuple[list[str], np.ndarray]:
+        """Every word seen, in provisional id order, and its training count."""
+        return list(self._ids), self._counts[: len(self._ids)].copy()
+
+    def absorb(self, words: list[str], counts: np.ndarray) -> np.ndarray:
+        """Add the :meth:`words_seen` of another counter (fed other batches of the same
+        corpus); returns the table from its provisional ids to this counter's."""
+        table = np.fromiter(
+            (self._ids.setdefault(word, len(self._ids)) for word in words), dtype=np.int32, count=len(words)
+        )
+        self._grow_counts(len(self._ids))
+        self._counts[table] += counts  # table has no repeats: a plain add
+        return table
+
+    def _grow_counts(self, size: int) -> None:
+        if size > len(self._counts):  # room for twice as many words
+            self._counts = np.concatenate([self._counts, np.zeros(2 * size, np.int64)])
+
+    def _provisional_ids(self, words: list[str]) -> np.ndarray:
+        """Ids of known words in one C-level sweep; then new words get the next ids."""
+        ids = np.fromiter(map(self._ids.get, words, repeat(-1)), dtype=np.int32, count=len(words))
+        for i in np.flatnonzero(ids < 0).tolist():
+            ids[i] = self._ids.setdefault(words[i], len(self._ids))
+        return ids
+
+    def vocabulary(self) -> tuple["Vocabulary", np.ndarray]:
+        """The vocabulary of the counted training words, and the table from provisional ids to
+        its word ids (``<unk>`` for words it does not keep): int32 [number of words seen]."""
+        types = list(self._ids)
+        counts = self._counts[: len(types)]
+        backend, words, chars = _WordTokenizer.from_counts(types, counts, self.options)
+        vocab = Vocabulary._assemble(backend, words, chars, self.options)
+        final = {word: i for i, word in enumerate(words)}
+        table = np.fromiter((final.get(word, 0) for word in types), dtype=np.int32, count=len(types))
+        return vocab, table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,11 +615,29 @@ class Vocabulary:
         self._spellings: torch.Tensor | None = None
 
     @classmethod
-    def train(cls, lines: Sequence[str], options: VocabOptions | None = None) -> "Vocabulary":
-        """Build the vocabulary from the training split's lines (see :class:`VocabOptions`)."""
+    def train(cls, lines: Iterable[str], options: VocabOptions | None = None) -> "Vocabulary":
+        """Build the vocabulary from the training split's lines (see :class:`VocabOptions`).
+        ``lines`` may be a stream: it is read once, and never held whole."""
         options = (options or VocabOptions()).resolved()
-        lines = [normalize_text(line, options.lowercase) for line in lines]
-        backend, words, chars = _BACKENDS[options.tokenizer].train(lines, options)
+        if options.tokenizer == "sentencepiece":
+            normalized = (normalize_text(line, options.lowercase) for line in lines)
+            return cls._assemble(*_SentencePieceTokenizer.train(normalized, options), options)
+        counter = WordCounter(options)
+        lines = iter(lines)
+        while batch := list(islice(lines, TRAIN_BATCH_LINES)):
+            counter.encode(batch, train=True)
+        return counter.vocabulary()[0]
+
+    @classmethod
+    def _assemble(
+        cls,
+        backend: "_WordTokenizer | _SentencePieceTokenizer",
+        words: list[str],
+        chars: set[str],
+        options: VocabOptions,
+    ) -> "Vocabulary":
+        """The vocabulary of a trained back end: characters sorted after the reserved ones, the
+        spelling length from the longest word."""
         longest = max((len(word) for word in words[len(SPECIAL_WORDS) :]), default=1)
         max_word_length = max(MIN_MAX_WORD_LENGTH, min(longest + 2, options.max_word_length))
         return cls(
@@ -534,11 +712,13 @@ class Vocabulary:
         """Word ids (int32) of all lines, one after the other, ``<eos>`` after each if add_eos.
 
         Words not in the vocabulary, and a literal ``<unk>`` in the text, become ``unk_id``.
+        The lines are encoded as one text, window by window (see :func:`text_windows`), so a
+        line of any length takes bounded memory.
         """
-        texts = [self.normalize(line) for line in lines]
-        eos = [self.eos_id] if self.add_eos else []
-        rows = self._backend.encode_batch(texts)
-        return np.fromiter(chain.from_iterable(chain(row, eos) for row in rows), dtype=np.int32)
+        text = lines_text(list(lines), self.lowercase, self.add_eos)
+        windows = [np.array(*self._backend.encode_batch([window]), dtype=np.int32)
+                   for window in text_windows(text)]
+        return np.concatenate(windows)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Ids back to text: ``<eos>`` ends a line (a newline); words are joined by spaces

@@ -7,11 +7,17 @@ Usage (exactly one source)::
     charlm prepare --dataset my_dataset_dir --text-column text --output-dir data/mine
     charlm prepare --demo --output-dir demo/corpus          # offline: Python's own docs
 
-Steps: read the splits (carving missing valid/test splits out of train), build the
-:class:`~charlm.vocab.Vocabulary` from the training split only, encode every split to int32
-word ids (``<eos>`` after each line), and write the directory described in
-:mod:`charlm.corpus`. Everything is written into a temporary sibling directory that is renamed
-into place at the end, so an interrupted or failed run never leaves a half-written corpus.
+The text is streamed, never held whole: memory does not grow with the corpus, only with its
+number of different words. Word mode reads the text once: pass 1 tokenizes every split a batch
+of lines at a time, writes provisional word ids straight into the split arrays on disk and
+counts the training words; pass 2 builds the :class:`~charlm.vocab.Vocabulary` from the
+training split's counts and renumbers the arrays in place. Sentencepiece mode reads the text
+twice: pass 1 trains the model on (a sample of) the training lines, pass 2 encodes every split
+into its array. Missing valid/test splits are carved out of train line by line (see
+:class:`~data_prep.sources.Carving`); ``<eos>`` follows each line. The result is the directory
+described in :mod:`charlm.corpus`, written into a temporary sibling directory that is renamed
+into place at the end, so an interrupted or failed run never leaves a half-written corpus
+(see :mod:`data_prep.output`).
 
 An existing, non-empty ``--output-dir`` is replaced only if it holds a corpus prepared from the
 same source with the same options; anything else is an error (choose another directory, or
@@ -23,10 +29,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import shutil
 import time
-import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,15 +51,19 @@ from charlm.corpus import (
 from charlm.errors import CharlmError
 from charlm.vocab import PRE_TOKENIZERS, SP_MODEL_TYPES, TOKENIZERS, VocabOptions, Vocabulary
 from data_prep.demo import demo_source, demo_splits
+from data_prep.output import IdArrayWriter, TemporaryCorpus, disk_errors, renumber
 from data_prep.sources import (
-    PROGRESS_DELAY_S,
-    carve_missing_splits,
+    CARVABLE_SPLITS,
+    Carving,
+    LineList,
+    SplitSources,
+    TextFile,
     dataset_source,
-    load_dataset_splits,
-    read_text_file,
+    dataset_splits,
 )
+from data_prep.words import WordNumbering
 
-ENCODE_CHUNK_LINES = 20_000  # lines encoded per step (one progress-bar update)
+PROGRESS_DELAY_S = 3.0  # progress bars appear only for steps that take longer than this
 
 
 @dataclass(kw_only=True)
@@ -107,6 +116,13 @@ class PrepareConfig(VocabOptions):
     split_seed: int = field(
         default=0, metadata={"help": "random seed of the choice of lines carved out of train"}
     )
+    workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "word mode: processes that tokenize and number the words of a large corpus "
+            "(the result does not depend on it); unset: one per CPU this process may use"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -130,6 +146,8 @@ class PrepareConfig(VocabOptions):
         for flag, fraction in fractions.items():
             if not 0 <= fraction < 1:
                 raise CharlmError(f"{flag} must be in [0, 1), not {fraction}")
+        if self.workers is not None and self.workers < 1:
+            raise CharlmError(f"--workers must be at least 1, not {self.workers}")
 
     def resolved(self) -> PrepareConfig:
         """A copy with the unset vocabulary options filled in (the demo is raw text)."""
@@ -142,7 +160,8 @@ class PrepareConfig(VocabOptions):
 
 
 # Fields that say where the text comes from; they are recorded as the "source" in meta.json,
-# and all other fields except output_dir as its "options".
+# and all other fields except RUN_FIELDS (where and how to run: no effect on the corpus) as its
+# "options".
 SOURCE_FIELDS = (
     "train_file",
     "valid_file",
@@ -152,6 +171,7 @@ SOURCE_FIELDS = (
     "text_column",
     "demo",
 )
+RUN_FIELDS = ("output_dir", "workers")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +212,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     option("--no-eos", "add_eos", vocab, action="store_false")
 
     option("--output-dir", "output_dir", required=True, metavar="DIR")
+    option("--workers", "workers", type=int, metavar="N")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -211,7 +232,8 @@ def prepare_corpus(config: PrepareConfig, *, verbose: bool = True) -> dict:
     """Prepare the corpus described by ``config``; returns the ``meta.json`` contents.
 
     Raises CharlmError for user mistakes (missing or non-UTF-8 file, empty split, bad option,
-    an output directory that holds something else) and leaves no output behind when it fails.
+    an output directory that holds something else, a full disk) and leaves no output behind
+    when it fails.
     """
     started = time.perf_counter()
     config = config.resolved()
@@ -220,27 +242,19 @@ def prepare_corpus(config: PrepareConfig, *, verbose: bool = True) -> dict:
     options = {
         name: value
         for name, value in dataclasses.asdict(config).items()
-        if name not in SOURCE_FIELDS and name != "output_dir"
+        if name not in SOURCE_FIELDS and name not in RUN_FIELDS
     }
     check_output_dir(output_dir, source, options)  # before any work: fail fast
-
-    splits, carved = read_splits(config)
-    vocab = Vocabulary.train(splits["train"], config.vocab_options())
+    splits = open_splits(config)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = _sibling_dir(output_dir, "tmp")
-    try:
-        vocab.save(tmp_dir)
-        split_stats = {}
-        for split in SPLITS:
-            ids = encode_split(vocab, splits[split], split)  # [tokens] int32
-            np.save(tmp_dir / split_file(split), ids, allow_pickle=False)
-            split_stats[split] = {
-                "file": split_file(split),
-                "lines": len(splits[split]),
-                "tokens": int(len(ids)),
-                "unk": int(np.count_nonzero(ids == vocab.unk_id)),
-            }
+    with TemporaryCorpus(output_dir) as tmp:
+        if config.tokenizer == "word":
+            vocab, split_stats = prepare_words(splits, config.vocab_options(), tmp.path, config.workers)
+        else:
+            vocab, split_stats = prepare_pieces(splits, config.vocab_options(), tmp.path)
+        with disk_errors(tmp.path):
+            vocab.save(tmp.path)
         meta = {
             "format": CORPUS_FORMAT,
             "format_version": CORPUS_FORMAT_VERSION,
@@ -250,19 +264,17 @@ def prepare_corpus(config: PrepareConfig, *, verbose: bool = True) -> dict:
             "tokenizer": vocab.tokenizer,
             "splits": split_stats,
             "source": source,
-            "carved_splits": carved,
+            "carved_splits": splits.carving.missing if splits.carving else [],
             "options": options,
             "charlm_version": charlm.__version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - started, 2),
         }
         text = json.dumps(meta, indent=1, ensure_ascii=False) + "\n"
-        (tmp_dir / META_FILE).write_text(text, encoding="utf-8")  # last: marks the corpus complete
+        with disk_errors(tmp.path / META_FILE):
+            (tmp.path / META_FILE).write_text(text, encoding="utf-8")  # last: the corpus is complete
         check_output_dir(output_dir, source, options)  # again: something may have appeared there
-        move_into_place(tmp_dir, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+        tmp.move_into_place()
     if verbose:
         print_summary(output_dir, meta, time.perf_counter() - started)
     return meta
@@ -282,40 +294,108 @@ def describe_source(config: PrepareConfig) -> dict:
     return {"kind": "files", **absolute}
 
 
-def read_splits(config: PrepareConfig) -> tuple[dict[str, list[str]], list[str]]:
-    """Lines of every split, and the names of the splits carved out of train."""
+def open_splits(config: PrepareConfig) -> SplitSources:
+    """The source of every split given, and how the missing ones are carved out of train."""
     if config.demo:
-        return demo_splits(), []
-    if config.dataset is not None:
-        splits = load_dataset_splits(config.dataset, config.dataset_config, config.text_column)
-        where = f"dataset {config.dataset}"
+        sources = {split: LineList(lines, f"the demo's {split} split") for split, lines in demo_splits().items()}
+    elif config.dataset is not None:
+        sources = dataset_splits(config.dataset, config.dataset_config, config.text_column)
     else:
         files = {"train": config.train_file, "valid": config.valid_file, "test": config.test_file}
-        splits = {
-            split: read_text_file(path, split) for split, path in files.items() if path is not None
+        sources = {split: TextFile(path, f"--{split}-file") for split, path in files.items() if path}
+    missing = [split for split in CARVABLE_SPLITS if split not in sources]
+    fractions = {"valid": config.valid_fraction, "test": config.test_fraction}
+    carving = Carving(missing, fractions, config.split_seed) if missing else None
+    return SplitSources(sources, carving)
+
+
+def prepare_words(
+    splits: SplitSources, options: VocabOptions, directory: Path, workers: int | None = None
+) -> tuple[Vocabulary, dict]:
+    """Word mode, in one read of the text. Pass 1 tokenizes every split, stores each word's
+    provisional id (see :class:`~charlm.vocab.WordCounter`; :mod:`data_prep.words` for the
+    worker processes of a large corpus) in the split's array and counts the training words;
+    pass 2 builds the vocabulary from the counts and renumbers the arrays in place. Returns the
+    vocabulary and the statistics of each split."""
+    with WordNumbering(options, workers) as numbering:
+        encoded = numbering.encode(splits.batches())
+        lines, tokens = write_splits(encoded, directory, "reading, counting (1/2)")
+        splits.check_lines(lines)
+        vocab, stretches = numbering.vocabulary()
+    with progress_bar("numbering (2/2)", total=sum(tokens.values())) as progress:
+        unk = {
+            split: renumber(directory / split_file(split), stretches[split], vocab.unk_id, progress)
+            for split in SPLITS
         }
-        where = config.train_file
-    splits, carved = carve_missing_splits(
-        splits, config.valid_fraction, config.test_fraction, config.split_seed
-    )
-    for split in SPLITS:
-        if not splits[split]:
-            raise CharlmError(f"the {split} split of {where} is empty (no non-blank lines)")
-    return splits, carved
+    return vocab, split_statistics(lines, tokens, unk)
 
 
-def encode_split(vocab: Vocabulary, lines: list[str], split: str) -> np.ndarray:
-    """Word ids of a split, encoded in chunks (with a progress bar if it takes a while)."""
-    chunks = []
-    progress = tqdm(
-        total=len(lines), desc=f"encoding {split}", unit="lines", delay=PROGRESS_DELAY_S, leave=False
+def prepare_pieces(
+    splits: SplitSources, options: VocabOptions, directory: Path
+) -> tuple[Vocabulary, dict]:
+    """Sentencepiece mode, in two reads of the text: pass 1 trains the model on (a sample of)
+    the training lines and checks the other splits, pass 2 encodes every split into its array.
+    Returns the vocabulary and the statistics of each split."""
+    lines = dict.fromkeys(SPLITS, 0)
+
+    def training_lines() -> Iterator[str]:
+        for split, batch in splits.batches():
+            lines[split] += len(batch)
+            progress.update(len(batch))
+            if split == "train":
+                yield from batch
+
+    with progress_bar("training sentencepiece (1/2)", unit="lines") as progress:
+        try:
+            vocab = Vocabulary.train(training_lines(), options)
+        except CharlmError:
+            splits.check_lines(lines)  # an empty split is the clearer message
+            raise
+    splits.check_lines(lines)
+    unk = dict.fromkeys(SPLITS, 0)
+
+    def encoded() -> Iterator[tuple[str, int, np.ndarray]]:
+        for split, batch in splits.batches():
+            ids = vocab.encode_lines(batch)
+            unk[split] += int(np.count_nonzero(ids == vocab.unk_id))
+            yield split, len(batch), ids
+
+    lines, tokens = write_splits(encoded(), directory, "encoding (2/2)")
+    return vocab, split_statistics(lines, tokens, unk)
+
+
+def write_splits(
+    encoded: Iterable[tuple[str, int, np.ndarray]], directory: Path, description: str
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Write each ``(split, lines, ids)`` batch to the split's array as it comes. Returns the
+    lines and the ids written per split."""
+    lines = dict.fromkeys(SPLITS, 0)
+    with ExitStack() as stack:
+        writers = {
+            split: stack.enter_context(IdArrayWriter(directory / split_file(split)))
+            for split in SPLITS
+        }
+        progress = stack.enter_context(progress_bar(description))
+        for split, count, ids in encoded:
+            writers[split].write(ids)
+            lines[split] += count
+            progress.update(len(ids))
+    return lines, {split: writer.length for split, writer in writers.items()}
+
+
+def split_statistics(lines: dict, tokens: dict, unk: dict) -> dict:
+    """The "splits" entry of meta.json."""
+    return {
+        split: {"file": split_file(split), "lines": lines[split], "tokens": tokens[split], "unk": unk[split]}
+        for split in SPLITS
+    }
+
+
+def progress_bar(description: str, unit: str = "tok", total: int | None = None) -> tqdm:
+    """A progress bar with the rate in ``unit``/s, shown only if the step takes a while."""
+    return tqdm(
+        total=total, desc=description, unit=unit, unit_scale=True, delay=PROGRESS_DELAY_S, leave=False
     )
-    with progress:
-        for start in range(0, len(lines), ENCODE_CHUNK_LINES):
-            chunk = lines[start : start + ENCODE_CHUNK_LINES]
-            chunks.append(vocab.encode_lines(chunk))
-            progress.update(len(chunk))
-    return np.concatenate(chunks)
 
 
 def check_output_dir(output_dir: Path, source: dict, options: dict) -> None:
@@ -338,33 +418,6 @@ def check_output_dir(output_dir: Path, source: dict, options: dict) -> None:
             f"--output-dir {output_dir} holds a corpus prepared from another source or with "
             f"other options; {fix}"
         )
-
-
-def move_into_place(tmp_dir: Path, output_dir: Path) -> None:
-    """Rename the finished ``tmp_dir`` to ``output_dir``, replacing what is there."""
-    if not output_dir.exists():
-        os.replace(tmp_dir, output_dir)
-        return
-    old = _sibling_dir(output_dir, "old.tmp")
-    os.replace(output_dir, old / output_dir.name)  # move the old corpus aside, then swap
-    try:
-        os.replace(tmp_dir, output_dir)
-    except BaseException:
-        os.replace(old / output_dir.name, output_dir)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _sibling_dir(path: Path, suffix: str) -> Path:
-    """A new, empty, hidden directory beside ``path`` (created with the usual permissions)."""
-    while True:
-        candidate = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.{suffix}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
 
 
 def print_summary(output_dir: Path, meta: dict, seconds: float) -> None:
