@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 from charlm.checkpoint import export_model, non_finite, recover_export
 from charlm.config import RunConfig, TrainConfig, describe_fields, load_config, save_json
-from charlm.corpus import load_corpus
+from charlm.corpus import TextStream, load_corpus
 from charlm.errors import CharlmError
 from charlm.model import CharLM, describe_model
 from charlm.nn import detach_state
@@ -77,29 +77,6 @@ from charlm.state import (
 
 STOP_CHECK_EVERY = 10
 TRACKING_PROJECT = "charlm"  # the trackers' project name (TensorBoard: OUTPUT_DIR/charlm/)  # with several processes, a SIGINT/SIGTERM is agreed on every N updates
-
-
-class TextStream:
-    """This process's rows of the training stream, served as ``[B, T]`` chunks (see module doc)."""
-
-    def __init__(self, ids: np.ndarray, total_rows: int, seq_len: int, first_row: int, num_rows: int):
-        cols = (len(ids) - 1) // total_rows  # tokens per row
-        self.num_chunks = cols // seq_len
-        if self.num_chunks < 1:
-            raise CharlmError(
-                f"the training split ({len(ids)} tokens) is too short for {total_rows} rows of "
-                f"{seq_len} steps; lower train.batch_size or train.seq_len"
-            )
-        used = total_rows * cols
-        data = torch.from_numpy(np.asarray(ids[: used + 1], dtype=np.int64))
-        rows = slice(first_row, first_row + num_rows)
-        self.inputs = data[:used].view(total_rows, cols)[rows]  # [B, cols]
-        self.targets = data[1 : used + 1].view(total_rows, cols)[rows]  # [B, cols], shifted by one
-        self.seq_len = seq_len
-
-    def chunk(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        cols = slice(k * self.seq_len, (k + 1) * self.seq_len)
-        return self.inputs[:, cols], self.targets[:, cols]
 
 
 def tracker(report_to: str) -> str | None:

@@ -1,4 +1,4 @@
-"""charlm.corpus.TextStream: the training chunks of charlm.train.TextStream, served from the
+"""charlm.corpus.TextStream: the training chunks of the in-memory stream it replaced, served from the
 memory-mapped ids without a copy of the split."""
 
 from __future__ import annotations
@@ -12,10 +12,29 @@ import torch
 
 from charlm.corpus import TextStream, load_corpus
 from charlm.errors import CharlmError
-from charlm.train import TextStream as InMemoryTextStream  # the class it replaces
 
 # (total_rows, seq_len, first_row, num_rows): one process, two processes' shares, odd sizes
 LAYOUTS = [(20, 35, 0, 20), (40, 35, 0, 20), (40, 35, 20, 20), (7, 13, 3, 2), (1, 1000, 0, 1)]
+
+
+class InMemoryTextStream:
+    """The class charlm.corpus.TextStream replaced (it was charlm.train.TextStream): the whole split
+    copied to int64, then viewed as rows. Kept here as the reference."""
+
+    def __init__(self, ids, total_rows, seq_len, first_row, num_rows):
+        cols = (len(ids) - 1) // total_rows  # tokens per row
+        self.num_chunks = cols // seq_len
+        used = total_rows * cols
+        data = torch.from_numpy(np.asarray(ids[: used + 1], dtype=np.int64))
+        rows = slice(first_row, first_row + num_rows)
+        self.inputs = data[:used].view(total_rows, cols)[rows]
+        self.targets = data[1 : used + 1].view(total_rows, cols)[rows]
+        self.seq_len = seq_len
+
+    def chunk(self, k):
+        cols = slice(k * self.seq_len, (k + 1) * self.seq_len)
+        return self.inputs[:, cols], self.targets[:, cols]
+
 
 
 @pytest.fixture(scope="module")

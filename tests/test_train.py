@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from charlm.cli import main
 from charlm.config import CONFIG_DIR, TrainConfig, load_config, resolve_config_path, shipped_configs
 from charlm.errors import CharlmError
-from charlm.train import TextStream, complete_checkpoints, should_decay
+from charlm.corpus import TextStream
+from charlm.train import complete_checkpoints, should_decay
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = CONFIG_DIR / "tiny.yaml"

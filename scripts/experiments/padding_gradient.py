@@ -24,7 +24,8 @@ from charlm.checkpoint import load_model
 from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.nn import detach_state
-from charlm.train import TextStream, sequence_loss
+from charlm.corpus import TextStream
+from charlm.train import sequence_loss
 from charlm.vocab import PAD_CHAR
 
 

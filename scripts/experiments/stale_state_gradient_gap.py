@@ -23,7 +23,8 @@ from charlm.checkpoint import load_model
 from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.nn import detach_state
-from charlm.train import TextStream, sequence_loss
+from charlm.corpus import TextStream
+from charlm.train import sequence_loss
 
 _script = Path(__file__).with_name("reference_stale_state.py")
 _spec = importlib.util.spec_from_file_location("reference_stale_state", _script)
