@@ -20,7 +20,14 @@ Two formats:
 * ``npy``: the ``[N, DIM]`` float32 array in ``PATH`` (numpy's ``.npy``) and the words, one per
   line in the rows' order, in ``PATH`` with ``.words.txt`` for its extension.
 
-Vectors are per word, whatever surrounds it. Each file is written under a temporary name and renamed.
+Vectors are per word, whatever surrounds it, except with ``--contextual``: ELMo-style features,
+one vector per token of a text (``--text-file``) from each stage of the recurrent core (an LSTM's
+layers; an RHN is one stage), the state carried from the first token to the last, written as
+``npy``: ``[tokens, stages, H]`` and the tokens, one per line (:func:`contextual_vectors`). Each
+file is written under a temporary name and renamed.
+
+    charlm embed --checkpoint runs/ptb-char-small/best --text-file notes.txt --contextual \
+        --format npy --output features.npy
 """
 
 from __future__ import annotations
@@ -98,6 +105,37 @@ def embed_words(model: CharLM, vocab: Vocabulary, words: list[str], stage: str =
     return torch.cat(parts).float().cpu()
 
 
+@torch.inference_mode()
+def contextual_vectors(model: CharLM, vocab: Vocabulary, lines: list[str], chunk_len: int = 2048
+                       ) -> tuple[list[str], torch.Tensor]:
+    """ELMo-style features of a text: its tokens (``<eos>`` after each line, as the corpus has them)
+    and ``[tokens, stages, H]`` float32 on the CPU, the output of each stage of the recurrent core at
+    each token. The text is read after an ``<eos>`` (as scoring does), the state carried throughout;
+    unseen words are read from their spelling (a character-input model). Eval mode for the call."""
+    eos = [vocab.words[vocab.eos_id]] if vocab.add_eos else []
+    tokens = [token for line in lines for token in (*vocab.tokenize(line), *eos)]
+    if not tokens:
+        raise CharlmError("the text holds no tokens the model's tokenizer can read")
+    words = [vocab.words[vocab.eos_id], *tokens]  # the context before the first token
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.cat([represent_words(model, vocab, words[i : i + CHUNK_WORDS])
+                       for i in range(0, len(words), CHUNK_WORDS)])  # [n + 1, D]
+        stages = model.core.stages()
+        states = [stage.initial_state(1) for stage in stages]
+        outputs: list[list[torch.Tensor]] = [[] for _ in stages]
+        for start in range(0, x.size(0), chunk_len):
+            h = x[None, start : start + chunk_len]  # [1, T, D]
+            for i, stage in enumerate(stages):
+                h, states[i] = stage(h, states[i])
+                outputs[i].append(h[0])
+    finally:
+        model.train(was_training)
+    features = torch.stack([torch.cat(pieces)[1:] for pieces in outputs], dim=1)  # [n, stages, H]
+    return tokens, features.float().cpu()
+
+
 # ----------------------------------------------------------------------------- files
 
 
@@ -151,6 +189,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the words, in the vocabulary or not (e.g. computer-aided looooook); words that start "
                              "with '-' go in --words-file")
     source.add_argument("--words-file", metavar="F", help="a UTF-8 file of words separated by spaces or newlines")
+    source.add_argument("--text-file", metavar="F", help="with --contextual: a UTF-8 text, one vector per token")
+    parser.add_argument("--contextual", action="store_true",
+                        help="ELMo-style features of --text-file: the recurrent core's output at every token, per "
+                             "layer, as --format npy [tokens, layers, H] and the tokens beside it")
     parser.add_argument("--stage", choices=STAGES, default=DEFAULTS.stage,
                         help="the vector after the highway layers (what the LSTM reads), or the char-CNN output "
                              "before them")
@@ -163,6 +205,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @main_process_only
 def run(args: argparse.Namespace) -> int:
+    if args.contextual or args.text_file is not None:
+        return run_contextual(args)
     words = check_words(args.words if args.words is not None else read_words_file(args.words_file))
     check_output_path(args.output)
     if args.format == "npy":
@@ -178,4 +222,25 @@ def run(args: argparse.Namespace) -> int:
     unknown = sum(not in_vocabulary(vocab, word) for word in words)
     print(f"{len(words)} words ({unknown} not in the vocabulary), {vectors.shape[1]} dimensions "
           f"(stage {args.stage}): wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def run_contextual(args: argparse.Namespace) -> int:
+    """``--contextual --text-file F --format npy``: per-token features of a text."""
+    from charlm.evaluate import read_text_lines
+
+    if not (args.contextual and args.text_file is not None):
+        raise CharlmError("--contextual and --text-file go together: contextual vectors are those of a text's tokens")
+    if args.format != "npy":
+        raise CharlmError("--contextual writes [tokens, layers, H]: use --format npy (word2vec holds one vector per word)")
+    check_output_path(args.output)
+    check_output_path(words_path(args.output))
+    model, vocab = load_checkpoint(args.checkpoint, args.device)
+    tokens, features = contextual_vectors(model, vocab, read_text_lines(args.text_file))
+    with atomic_open(args.output, "wb") as f:
+        np.save(f, features.numpy())
+    with atomic_open(words_path(args.output)) as f:
+        f.writelines(token + "\n" for token in tokens)
+    print(f"{len(tokens)} tokens x {features.shape[1]} layer(s) x {features.shape[2]} dimensions: wrote "
+          f"{args.output}, {words_path(args.output)}")
     return 0

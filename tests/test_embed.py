@@ -119,3 +119,36 @@ def test_embed_errors_are_one_line(trained, word_model, tmp_path, capsys, args, 
     code, _, err = run_cli(capsys, "embed", "--checkpoint", checkpoint, *args)
     assert error.format(tmp=tmp_path) in assert_one_line_error(code, err)
     assert not (tmp_path / "v.txt").exists()
+
+
+def test_contextual_features_are_the_core_outputs_per_layer(trained, loaded, tmp_path, capsys):
+    """--contextual: one vector per token and layer, the state carried through the text; the last
+    layer is what the output layer reads when scoring the same stream."""
+    import numpy as np
+
+    from charlm.embed import contextual_vectors
+    from charlm.evaluate import read_text_lines, text_file_ids
+
+    model, vocab = loaded
+    lines = read_text_lines(trained.text_file)
+    tokens, features = contextual_vectors(model, vocab, lines, chunk_len=7)
+    ids = text_file_ids(vocab, trained.text_file)
+    assert len(tokens) == len(ids) and features.shape == (len(ids), model.config.lstm_layers, model.config.hidden_size)
+    # the same stream through the model as scoring runs it (inputs: <eos>, then the tokens but the last)
+    inputs = torch.tensor([[vocab.eos_id, *ids.tolist()]])
+    with torch.inference_mode():
+        x = torch.cat([model.embed(inputs[:, :1]), model.embed(inputs[:, 1:])], dim=1)
+        out, _ = model.core(x, model.initial_state(1))
+    # up to the first unseen word, which the features read from its spelling and scoring as <unk>
+    seen = next(i for i, token in enumerate(tokens) if vocab.word_id(token) == vocab.unk_id)
+    assert seen > 100
+    torch.testing.assert_close(features[:seen, -1], out[0, 1 : seen + 1], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(features[seen:, -1], out[0, seen + 1 :])
+    code, _, _ = run_cli(capsys, "embed", "--checkpoint", trained.model_dir, "--text-file", trained.text_file,
+                         "--contextual", "--format", "npy", "--output", tmp_path / "f.npy")
+    assert code == 0
+    assert np.load(tmp_path / "f.npy").shape == tuple(features.shape)
+    assert (tmp_path / "f.words.txt").read_text(encoding="utf-8").split("\n")[:-1] == tokens
+    code, _, err = run_cli(capsys, "embed", "--checkpoint", trained.model_dir, "--text-file", trained.text_file,
+                           "--contextual", "--output", tmp_path / "g.txt")
+    assert "--format npy" in assert_one_line_error(code, err)
