@@ -16,11 +16,16 @@ scoring, generation, the analyses and checkpoints use nothing else.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from charlm.config import ModelConfig
 from charlm.nn import CORES, OUTPUTS, CharCNN, Highway, State, WordEncoder
+
+if TYPE_CHECKING:
+    from charlm.vocab import Vocabulary
 
 
 class CharLM(nn.Module):
@@ -133,6 +138,23 @@ class CharLM(nn.Module):
         output, state = self.core(self.embed(words), state)  # [B, T, H]
         nll = self.output.nll(output.flatten(0, 1), targets.flatten())
         return nll.view_as(targets), state
+
+    # ---------------------------------------------------------------- sharing
+
+    @classmethod
+    def from_pretrained(cls, ref: str, device: str = "cpu") -> tuple["CharLM", "Vocabulary"]:
+        """``(model, vocab)`` of an exported model: a directory (a run's ``best/``) or a Hugging Face
+        hub id, through the local cache when offline (:func:`charlm.hub.from_pretrained`)."""
+        from charlm.hub import from_pretrained
+
+        return from_pretrained(ref, device)
+
+    def save_pretrained(self, directory: str, vocab: "Vocabulary") -> None:
+        """Export this model with its vocabulary: safetensors weights, config.json, the vocabulary
+        files (:func:`charlm.hub.save_pretrained`); ``charlm push`` uploads such a directory."""
+        from charlm.hub import save_pretrained
+
+        save_pretrained(self, vocab, directory)
 
     def num_parameters(self) -> int:
         """Trained parameters (a recurrent bias held at zero is not counted)."""

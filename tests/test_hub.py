@@ -193,3 +193,20 @@ def test_push_errors_are_one_line(model_with_strays, fake_api, capsys, repo_id, 
     code, _, err = run_cli(capsys, "push", "--checkpoint", model_with_strays, "--repo-id", repo_id)
     line = assert_one_line_error(code, err)
     assert error in line
+
+
+def test_the_model_class_loads_and_saves_like_the_package_functions(trained, offline_cache, tmp_path):
+    """CharLM.from_pretrained / save_pretrained: the same model as charlm.from_pretrained, from a
+    directory or a hub id, and a saved copy that loads to the same weights."""
+    from charlm.model import CharLM
+
+    model, vocab = CharLM.from_pretrained(str(trained.model_dir))
+    reference, _ = charlm.from_pretrained(str(trained.model_dir))
+    cached, _ = CharLM.from_pretrained("someone/charlm-tiny")
+    model.save_pretrained(str(tmp_path / "copy"), vocab)
+    copy, copy_vocab = CharLM.from_pretrained(str(tmp_path / "copy"))
+    assert copy_vocab.words == vocab.words
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor)
+        assert torch.equal(cached.state_dict()[name], tensor)
+        assert torch.equal(copy.state_dict()[name], tensor)
