@@ -127,10 +127,7 @@ def _score_stream(model, ids, start_id, chunk_len, per_token, progress, bf16, pi
         # The char-CNN and highway layers run once per distinct word of the stream.
         distinct, inputs = torch.unique(inputs, return_inverse=True)  # [U], [n] indices into distinct
         table = word_embeddings(model, distinct)  # [U, D]
-        chunks = [
-            (table[inputs[start : start + chunk_len]].unsqueeze(0), targets[start : start + chunk_len])
-            for start in range(0, targets.numel(), chunk_len)
-        ]  # ([1, T, D] inputs, [T] targets) per chunk
+    chunks = _Chunks(table, inputs, targets, chunk_len)
 
     def token_logprobs(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return _token_logprobs(model, output, y, bf16)
@@ -172,6 +169,28 @@ def core_outputs(model: CharLM, ids: np.ndarray | torch.Tensor, start_id: int, p
             inside = positions[(positions >= start) & (positions < start + chunk_len)]
             picked.append(output[0, inside - start])
     return torch.cat(picked)
+
+
+class _Chunks:
+    """The stream's chunks, ``([1, T, D] input vectors, [T] targets)``, each made when asked for:
+    the input vectors of the whole stream are never held at once (only the per-word table)."""
+
+    def __init__(self, table: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, chunk_len: int):
+        self.table, self.inputs, self.targets, self.chunk_len = table, inputs, targets, chunk_len
+
+    def __len__(self) -> int:
+        return -(-self.targets.numel() // self.chunk_len)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        rows = slice(k * self.chunk_len, (k + 1) * self.chunk_len)
+        with torch.inference_mode():
+            return self.table[self.inputs[rows]].unsqueeze(0), self.targets[rows]
+
+    def target(self, k: int) -> torch.Tensor:
+        """The targets ``[T]`` of chunk ``k`` alone (no input vectors made)."""
+        return self.targets[k * self.chunk_len : (k + 1) * self.chunk_len]
 
 
 def score_columns(
@@ -247,7 +266,7 @@ def _score_columns(model, ids, start_id, columns, warmup, chunk_len, per_token, 
     )
 
 
-def _pipelined_logprobs(model, chunks, token_logprobs, bf16, bar) -> list[torch.Tensor]:
+def _pipelined_logprobs(model, chunks: _Chunks, token_logprobs, bf16, bar) -> list[torch.Tensor]:
     """Token log-probabilities of every chunk, with the core's stages and the output running side by side.
 
     Scoring one stream is sequential in time, but not across stages (the core's
@@ -273,7 +292,7 @@ def _pipelined_logprobs(model, chunks, token_logprobs, bf16, bar) -> list[torch.
             outputs[i, k], states[i] = layers[i](x, states[i])
 
     def run_softmax(k: int, piece: int, rows: slice) -> None:
-        results[k, piece] = token_logprobs(outputs[num_layers - 1, k][0, rows], chunks[k][1][rows])
+        results[k, piece] = token_logprobs(outputs[num_layers - 1, k][0, rows], chunks.target(k)[rows])
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread per task; the pool provides the parallelism
@@ -284,7 +303,7 @@ def _pipelined_logprobs(model, chunks, token_logprobs, bf16, bar) -> list[torch.
                          if 0 <= step - i < len(chunks)]
                 k = step - num_layers
                 if k >= 0:
-                    length = chunks[k][1].numel()
+                    length = chunks.target(k).numel()
                     cuts = np.linspace(0, length, 2 * workers + 1).astype(int)
                     tasks += [pool.submit(run_softmax, k, j, slice(a, b))
                               for j, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])) if b > a]

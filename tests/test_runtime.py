@@ -24,7 +24,6 @@ import torch
 from conftest import prepare_grammar_corpus
 
 import charlm.runtime as runtime
-import charlm.train
 from charlm.errors import CharlmError
 from charlm.runtime import configure_threads, resolve_mixed_precision
 
@@ -34,9 +33,6 @@ SMALL = ["model.kernel_widths=[1,2,3]", "model.num_filters=[8,8,8]", "model.hidd
          "train.batch_size=4", "train.seq_len=8", "train.log_every=1"]
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--dynamo_backend", "no"]
 CORES = len(os.sched_getaffinity(0))
-WIRED = charlm.train.__dict__.get("StopRequest") is runtime.StopRequest
-needs_wiring = pytest.mark.skipif(not WIRED, reason="charlm.train does not use charlm.runtime yet "
-                                                    "(apply docs/train-wiring.patch)")
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -300,7 +296,6 @@ def corpus(tmp_path_factory):
 
 
 @pytest.mark.slow
-@needs_wiring
 @pytest.mark.parametrize("how, where, rank", [("raise", "train", 1), ("raise", "valid", 1), ("kill", "valid", 1),
                                               ("raise", "train", 0)])
 def test_a_failure_on_one_of_two_training_processes_stops_both(corpus, tmp_path, how, where, rank):
@@ -348,5 +343,4 @@ def test_command_benchmark_times_the_updates_of_each_command(corpus, tmp_path):
     assert one["tokens"] == 3 * 4 * 8 and two["tokens"] == 3 * 4 * 8 * 2  # updates x batch x seq_len x processes
     for result in (one, two):
         assert result["tokens_per_sec"] == pytest.approx(result["tokens"] / result["seconds"], rel=0.01)
-    if WIRED:
-        assert one["threads"] == [CORES] and two["threads"] == [max(1, CORES // 2)] * 2
+    assert one["threads"] == [CORES] and two["threads"] == [max(1, CORES // 2)] * 2

@@ -34,15 +34,22 @@ def keep_mask(shape, p: float, like: torch.Tensor) -> torch.Tensor:
     return keep.to(like.dtype).mul_(1.0 / (1.0 - p))
 
 
-class Dropout(nn.Module):
-    """``nn.Dropout`` with the mask from :func:`keep_mask` on CPUs (``F.dropout`` elsewhere).
-
-    The distribution of masks is that of ``nn.Dropout``; the draws for a given seed are not.
-    """
+class _Dropout(nn.Module):
+    """What both dropouts hold: the probability ``p`` of zeroing."""
 
     def __init__(self, p: float):
         super().__init__()
         self.p = check_probability(p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Dropout(_Dropout):
+    """``nn.Dropout`` with the mask from :func:`keep_mask` on CPUs (``F.dropout`` elsewhere).
+
+    The distribution of masks is that of ``nn.Dropout``; the draws for a given seed are not.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
@@ -51,24 +58,14 @@ class Dropout(nn.Module):
             return F.dropout(x, self.p, training=True)
         return x * keep_mask(x.shape, self.p, x)
 
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
-
-class LockedDropout(nn.Module):
+class LockedDropout(_Dropout):
     """Variational dropout on ``[B, T, D]``: the mask ``[B, 1, D]`` is the same at every step."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = check_probability(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
         return x * keep_mask((x.size(0), 1, x.size(2)), self.p, x)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 def drop_weights(weight: torch.Tensor, p: float, training: bool) -> torch.Tensor:
