@@ -135,8 +135,3 @@ class WordEncoder(nn.Module):
         if self.word_embedding is not None:
             parts.append(self.word_embedding(ids))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
-
-    def encode_vocabulary(self) -> torch.Tensor:
-        """The char-CNN of every vocabulary word ``[V, filters]``, ``SPELLING_BLOCK`` words at a time
-        (never a ``[V, L, E]`` tensor at once)."""
-        return torch.cat([self.char_cnn(block) for block in self.spellings.split(SPELLING_BLOCK)])
