@@ -3,6 +3,8 @@
     python scripts/benchmark.py --data-dir data/ptb [--configs ptb-char-small ptb-char-large]
     python scripts/benchmark.py --data-dir data/ptb --configs ptb-char-small ptb-char-small-rhn \
         ptb-char-small-char-output          # every core and output
+    python scripts/benchmark.py --data-dir data/big --train-only \
+        --configs ptb-char-small ptb-char-small:model.output=adaptive     # NAME:KEY=VALUE,KEY=VALUE
 
 Configs that are not the paper's model (another core or output layer) have no plain twin: for them
 charlm's own training step and scoring are timed, through the core and output protocols, and the
@@ -42,6 +44,7 @@ import dataclasses
 import json
 import math
 import platform
+import re
 import resource
 import statistics
 import time
@@ -55,7 +58,7 @@ from torch import nn
 from charlm.config import ModelConfig, load_config
 from charlm.corpus import load_corpus
 from charlm.model import CharLM
-from charlm.nn import detach_state
+from charlm.nn import default_cutoffs, detach_state
 from charlm.generate import SamplingOptions, sample
 from charlm.memory import keep_freed_memory
 from charlm.evaluate import DEFAULTS as EVAL_DEFAULTS
@@ -103,7 +106,8 @@ class PlainCharLM(nn.Module):
 
 def flops_per_token(c: ModelConfig) -> float:
     """Forward multiply-adds x 2 per token (char-CNN counted once per token, as the plain path; the
-    spelling-based output's per-update word table not counted)."""
+    spelling-based output's per-update word table not counted; the adaptive softmax's head only,
+    its tails depend on how many tokens fall into them)."""
     L = c.max_word_length
     cnn = sum(2 * c.char_embed_dim * w * n * (L - w + 1) for w, n in zip(c.kernel_widths, c.num_filters))
     d, h = c.input_size, c.hidden_size
@@ -112,6 +116,9 @@ def flops_per_token(c: ModelConfig) -> float:
         core = sum(2 * 4 * h * ((d if i == 0 else h) + h) for i in range(c.lstm_layers))
     else:  # rhn: the input enters the first micro-layer; each micro-layer is an [H, 2H] product
         core = 2 * 2 * h * d + c.rhn_depth * 2 * h * 2 * h
+    if c.output == "adaptive":
+        cutoffs = c.adaptive_cutoffs or default_cutoffs(c.vocab_size)
+        return cnn + highway + core + 2 * h * (cutoffs[0] + len(cutoffs))
     return cnn + highway + core + 2 * h * c.vocab_size
 
 
@@ -192,8 +199,14 @@ def timed(fn, repeats: int) -> list[float]:
     return times
 
 
+def load_config_ref(ref: str) -> ModelConfig:
+    """``NAME`` or ``NAME:KEY=VALUE,KEY=VALUE`` (a config with overrides, as on the train command line)."""
+    name, _, overrides = ref.partition(":")
+    return load_config(name, [o for o in re.split(r",(?![^\[]*\])", overrides) if o]).model  # no split inside [...]
+
+
 def benchmark_config(name: str, vocab, splits, args) -> dict:
-    config = load_config(name).model
+    config = load_config_ref(name)
     config = dataclasses.replace(config, vocab_size=len(vocab), char_vocab_size=len(vocab.chars), max_word_length=vocab.max_word_length)
     spellings = vocab.spellings()
     torch.manual_seed(0)
@@ -288,7 +301,8 @@ def plain_model_copy(plain: PlainCharLM, model: CharLM) -> PlainCharLM:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-dir", required=True, help="a prepared corpus (PTB for the README's table)")
-    parser.add_argument("--configs", nargs="+", default=["ptb-char-small", "ptb-char-large"], help="shipped config names (charlm/configs/) or YAML files")
+    parser.add_argument("--configs", nargs="+", default=["ptb-char-small", "ptb-char-large"], help="shipped config names (charlm/configs/) or YAML files, each optionally followed by "
+                        ":KEY=VALUE,KEY=VALUE overrides")
     parser.add_argument("--batch-size", type=int, default=20, help="rows per training step")
     parser.add_argument("--seq-len", type=int, default=35, help="time steps per training step")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per implementation")

@@ -118,9 +118,20 @@ class ModelConfig:
     chunk (0: none)."""
 
     output: str = "full"
-    """The output layer: 'full' (the paper: a softmax with one free embedding per word) or 'char'
+    """The output layer: 'full' (the paper: a softmax with one free embedding per word), 'char'
     (each word's output embedding and bias computed from its spelling, Jozefowicz et al. 2016, so
-    input and output are tied through the spelling and any word can be scored)."""
+    input and output are tied through the spelling and any word can be scored) or 'adaptive' (the
+    adaptive softmax of Grave et al. 2017 for large vocabularies: frequent words in a head, rare
+    ones in clusters behind it; exact, much cheaper per token)."""
+
+    adaptive_cutoffs: list[int] = field(default_factory=list)
+    """Output 'adaptive': the first word id of each tail cluster, increasing (words are sorted by
+    frequency). Empty: a head of a fifth of the vocabulary, at most 20,000 words, then clusters
+    ending 3x further on each (10k words: [2000, 6000]; 250k: [20000, 60000, 180000])."""
+
+    adaptive_div_value: float = 4.0
+    """Output 'adaptive': tail cluster i projects the core's output to hidden_size / div^i
+    dimensions (Grave et al.: 4)."""
 
     output_share_encoder: bool = False
     """Output 'char': read spellings through the input's char-CNN and highway layers (true) or
@@ -132,6 +143,11 @@ class ModelConfig:
     output_correction_dim: int = 0
     """Output 'char': size of a per-word correction vector added to the spelling's embedding
     (Jozefowicz et al.), for what the spelling cannot tell (0: none)."""
+
+    output_word_bias: bool = True
+    """Output 'char': a free bias per word on top of the one from the spelling, for the word's
+    frequency, which a spelling cannot tell (unseen words scored by spelling get the mean bias of
+    the rarest tenth of the vocabulary)."""
 
     init_range: float = 0.05
     """Every parameter starts uniform in [-init_range, init_range] (then the character padding
@@ -171,6 +187,8 @@ class ModelConfig:
         for name in ("dropout", "input_dropout", "state_dropout", "weight_drop"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise CharlmError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.adaptive_div_value < 1.0:
+            raise CharlmError(f"model.adaptive_div_value must be at least 1, got {self.adaptive_div_value}")
         if self.output == "char":
             if self.output_share_encoder and self.input != "char":
                 raise CharlmError("model.output_share_encoder needs model.input: char (the shared encoder reads "

@@ -7,8 +7,9 @@
 * highway (:class:`~charlm.nn.Highway`): highway layers, or the mlp / residual / no-layer ablations;
 * core (``model.core``, :data:`charlm.nn.CORES`): ``lstm`` (the paper) or ``rhn`` (recurrent
   highway network); the state is a dict of named tensors;
-* output (``model.output``, :data:`charlm.nn.OUTPUTS`): ``full`` (the paper's softmax) or ``char``
-  (output embeddings computed from spellings).
+* output (``model.output``, :data:`charlm.nn.OUTPUTS`): ``full`` (the paper's softmax), ``char``
+  (output embeddings computed from spellings) or ``adaptive`` (the adaptive softmax, for large
+  vocabularies).
 
 The parts meet only through their protocols (:mod:`charlm.nn.core`, :mod:`charlm.nn.output`);
 scoring, generation, the analyses and checkpoints use nothing else.

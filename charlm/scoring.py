@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from charlm.model import CharLM
+
+SEGMENT_TOKENS = 1 << 20  # tokens of a stream encoded together (see _Chunks)
 
 
 @dataclass
@@ -120,36 +123,32 @@ def _inference(device: torch.device, bf16: bool):
 
 
 def _score_stream(model, ids, start_id, chunk_len, per_token, progress, bf16, pipeline) -> StreamScore:
-    device = model.device
-    targets = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=device)  # [n]
-    inputs = torch.cat([targets.new_tensor([start_id]), targets[:-1]])  # [n], shifted right
-    with _inference(device, bf16):
-        # The char-CNN and highway layers run once per distinct word of the stream.
-        distinct, inputs = torch.unique(inputs, return_inverse=True)  # [U], [n] indices into distinct
-        table = word_embeddings(model, distinct)  # [U, D]
-    chunks = _Chunks(table, inputs, targets, chunk_len)
+    chunks = _Chunks(model, ids, start_id, chunk_len, bf16)
 
     def token_logprobs(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return _token_logprobs(model, output, y, bf16)
 
     bar = tqdm(total=len(chunks), desc="scoring", unit="chunk", disable=not progress, leave=False)
-    if pipeline:
-        pieces = _pipelined_logprobs(model, chunks, token_logprobs, bf16, bar)
-    else:
-        pieces = []
-        state = model.initial_state(1)
-        for x, y in chunks:
-            with _inference(device, bf16):
-                output, state = model.core(x, state)  # [1, T, H]
-            pieces.append(token_logprobs(output[0], y))
-            bar.update()
+    pieces = _pipelined_logprobs(model, chunks, token_logprobs, bf16, bar) if pipeline else \
+        _sequential_logprobs(model, chunks, token_logprobs, bf16, bar)
+    total, kept = 0.0, []
+    for piece in pieces:  # in stream order: a deterministic sum; only the running total is kept
+        total += float(piece.double().sum())
+        if per_token:
+            kept.append(piece)
     bar.close()
-    total = sum(float(p.double().sum()) for p in pieces)  # in stream order: deterministic
-    return StreamScore(
-        nll=-total,
-        tokens=int(targets.numel()),
-        logprobs=torch.cat(pieces).cpu().numpy() if per_token else None,
-    )
+    return StreamScore(nll=-total, tokens=len(chunks.ids), logprobs=torch.cat(kept).cpu().numpy() if per_token else None)
+
+
+def _sequential_logprobs(model, chunks: "_Chunks", token_logprobs, bf16, bar) -> Iterator[torch.Tensor]:
+    """Token log-probabilities of each chunk in turn, the core's state carried."""
+    state = model.initial_state(1)
+    for k in range(len(chunks)):
+        x, y = chunks[k]
+        with _inference(model.device, bf16):
+            output, state = model.core(x, state)  # [1, T, H]
+        yield token_logprobs(output[0], y)
+        bar.update()
 
 
 @torch.inference_mode()
@@ -172,25 +171,52 @@ def core_outputs(model: CharLM, ids: np.ndarray | torch.Tensor, start_id: int, p
 
 
 class _Chunks:
-    """The stream's chunks, ``([1, T, D] input vectors, [T] targets)``, each made when asked for:
-    the input vectors of the whole stream are never held at once (only the per-word table)."""
+    """The stream's chunks, ``([1, T, D] input vectors, [T] targets)``, each made when asked for,
+    from ``ids`` as given (a memory-mapped split stays on disk).
 
-    def __init__(self, table: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor, chunk_len: int):
-        self.table, self.inputs, self.targets, self.chunk_len = table, inputs, targets, chunk_len
+    The stream is read in segments of about ``SEGMENT_TOKENS`` tokens (whole chunks): a segment's
+    ids are converted to int64 and its distinct words encoded once (the char-CNN and highway
+    layers run once per distinct word of the segment); only the current segment is held. So memory
+    does not grow with the stream, and a stream shorter than a segment (any PTB split) is encoded
+    exactly as a whole.
+    """
+
+    def __init__(self, model: CharLM, ids, start_id: int, chunk_len: int, bf16: bool):
+        self.model, self.ids, self.start_id, self.chunk_len, self.bf16 = model, ids, start_id, chunk_len, bf16
+        self.segment_tokens = chunk_len * max(1, SEGMENT_TOKENS // chunk_len)
+        self._segment: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (start, table, word index)
 
     def __len__(self) -> int:
-        return -(-self.targets.numel() // self.chunk_len)
+        return -(-len(self.ids) // self.chunk_len)
+
+    def _ids(self, start: int, stop: int) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(self.ids[start:stop], dtype=np.int64), device=self.model.device)
+
+    def _encoded_segment(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[U, D]`` vectors of the segment's distinct input words, ``[S]`` each position's row."""
+        if self._segment is None or self._segment[0] != start:
+            self._segment = None  # free the last one first
+            before = self.start_id if start == 0 else int(self.ids[start - 1])
+            targets = self._ids(start, start + self.segment_tokens)
+            inputs = torch.cat([targets.new_tensor([before]), targets[:-1]])  # shifted right
+            with _inference(self.model.device, self.bf16):
+                distinct, index = torch.unique(inputs, return_inverse=True)  # [U], [S]
+                self._segment = (start, word_embeddings(self.model, distinct), index)
+        return self._segment[1], self._segment[2]
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= k < len(self):
             raise IndexError(k)
-        rows = slice(k * self.chunk_len, (k + 1) * self.chunk_len)
+        first = k * self.chunk_len
+        segment_start = first - first % self.segment_tokens
+        table, index = self._encoded_segment(segment_start)
+        rows = slice(first - segment_start, first - segment_start + self.chunk_len)
         with torch.inference_mode():
-            return self.table[self.inputs[rows]].unsqueeze(0), self.targets[rows]
+            return table[index[rows]].unsqueeze(0), self.target(k)
 
     def target(self, k: int) -> torch.Tensor:
         """The targets ``[T]`` of chunk ``k`` alone (no input vectors made)."""
-        return self.targets[k * self.chunk_len : (k + 1) * self.chunk_len]
+        return self._ids(k * self.chunk_len, (k + 1) * self.chunk_len)
 
 
 def score_columns(
@@ -266,7 +292,7 @@ def _score_columns(model, ids, start_id, columns, warmup, chunk_len, per_token, 
     )
 
 
-def _pipelined_logprobs(model, chunks: _Chunks, token_logprobs, bf16, bar) -> list[torch.Tensor]:
+def _pipelined_logprobs(model, chunks: _Chunks, token_logprobs, bf16, bar) -> Iterator[torch.Tensor]:
     """Token log-probabilities of every chunk, with the core's stages and the output running side by side.
 
     Scoring one stream is sequential in time, but not across stages (the core's
@@ -294,6 +320,8 @@ def _pipelined_logprobs(model, chunks: _Chunks, token_logprobs, bf16, bar) -> li
     def run_softmax(k: int, piece: int, rows: slice) -> None:
         results[k, piece] = token_logprobs(outputs[num_layers - 1, k][0, rows], chunks.target(k)[rows])
 
+    if len(chunks):
+        chunks[0]  # encodes the first segment with every thread, before the workers take one each
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread per task; the pool provides the parallelism
     try:
@@ -311,7 +339,8 @@ def _pipelined_logprobs(model, chunks: _Chunks, token_logprobs, bf16, bar) -> li
                     task.result()  # re-raises a worker's error here
                 if k >= 0:
                     del outputs[num_layers - 1, k]
+                    for key in sorted(key for key in results if key[0] == k):
+                        yield results.pop(key)  # chunk k's pieces, in order
                     bar.update()
     finally:
         torch.set_num_threads(previous_threads)
-    return [results[key] for key in sorted(results)]

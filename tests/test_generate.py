@@ -128,3 +128,21 @@ def test_bad_model_directory(trained, tmp_path, capsys):
     assert_one_line_error(code, err)
     with pytest.raises(Exception, match="top-p"):
         generate(*load_model(trained.model_dir), top_p=2.0)
+
+
+@pytest.mark.parametrize("output", ["char", "adaptive"])
+def test_every_output_layer_gives_a_distribution_and_samples(loaded, output):
+    """Generation works through the output protocol alone: the next-word distribution of a
+    spelling-based or adaptive output sums to one, and seeded top-k / top-p sampling runs."""
+    import dataclasses
+
+    model, vocab = loaded
+    torch.manual_seed(0)
+    other = CharLM(dataclasses.replace(model.config, output=output), vocab.spellings())
+    probs = next_word_distribution(other, vocab, "the trader")
+    assert probs.shape == (len(vocab),)
+    assert float(probs.sum()) == pytest.approx(1.0, abs=1e-4)
+    options = SamplingOptions(num_samples=2, max_words=8, seed=3, top_k=20, top_p=0.9, stop_at_eos=False)
+    ids = sample(other, vocab, "the trader", options).ids
+    assert ids == sample(other, vocab, "the trader", options).ids
+    assert [len(row) for row in ids] == [8, 8] and all(0 <= i < len(vocab) for row in ids for i in row)

@@ -208,9 +208,10 @@ def test_state_is_named_tensors_that_detach_and_expand(core):
 
 def test_char_output_scores_any_spelling_like_a_vocabulary_word():
     """The spelling-based output gives an unseen spelling a logit; for a vocabulary word without
-    the per-word correction it is exactly that word's logit."""
+    the per-word correction and free bias it is exactly that word's logit."""
     torch.manual_seed(0)
-    model = CharLM(part_config("lstm", "char", output_correction_dim=0), random_spellings()).eval()
+    model = CharLM(part_config("lstm", "char", output_correction_dim=0, output_word_bias=False),
+                   random_spellings()).eval()
     output: CharSoftmax = model.output
     hidden = torch.randn(4, model.config.hidden_size)
     words = torch.tensor([0, 5, 9, 29])
@@ -220,6 +221,17 @@ def test_char_output_scores_any_spelling_like_a_vocabulary_word():
     # and padding after the end-of-word marker changes nothing (the output's encoder ignores it)
     padded = F.pad(model.encoder.spellings[words], (0, 5), value=0)
     torch.testing.assert_close(output.spelling_logits(hidden, padded), expected)
+
+
+def test_char_output_free_bias_of_an_unseen_spelling_is_that_of_the_rarest_words():
+    torch.manual_seed(0)
+    model = CharLM(part_config("lstm", "char", output_correction_dim=0), random_spellings()).eval()
+    output: CharSoftmax = model.output
+    hidden, words = torch.randn(4, model.config.hidden_size), torch.tensor([0, 5, 9, 29])
+    weight, bias = output.word_table()
+    rarest = output.word_bias[-3:].mean()  # the rarest tenth of 30 words
+    expected = (hidden * weight[words]).sum(-1) + bias[words] - output.word_bias[words] + rarest
+    torch.testing.assert_close(output.spelling_logits(hidden, model.encoder.spellings[words]), expected)
 
 
 def test_shared_encoder_output_uses_the_input_weights():
@@ -259,3 +271,40 @@ def test_column_scoring_of_an_rhn_starts_column_zero_from_zero():
     exact = score_stream(model, ids, 0, per_token=True, pipeline=False)
     approx = score_columns(model, ids, 0, columns=3, warmup=10, per_token=True)
     np.testing.assert_allclose(approx.logprobs[:30], exact.logprobs[:30], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_scoring_in_segments_equals_scoring_the_stream_whole(monkeypatch, pipeline):
+    """A long stream is read from its (memory-mapped) ids a segment at a time, each segment's
+    distinct words encoded once: the same number as encoding the whole stream at once."""
+    torch.manual_seed(0)
+    model = CharLM(part_config("lstm", "full"), random_spellings()).eval()
+    ids = np.random.default_rng(1).integers(0, 30, 700)
+    whole = score_stream(model, ids, 0, chunk_len=50, per_token=True, pipeline=pipeline)
+    monkeypatch.setattr("charlm.scoring.SEGMENT_TOKENS", 120)  # 2 chunks per segment, 7 segments
+    pieces = score_stream(model, ids, 0, chunk_len=50, per_token=True, pipeline=pipeline)
+    assert pieces.tokens == whole.tokens == 700
+    np.testing.assert_allclose(pieces.logprobs, whole.logprobs, rtol=1e-5, atol=1e-6)
+    assert pieces.perplexity == pytest.approx(whole.perplexity, rel=1e-6)
+
+
+def test_adaptive_softmax_default_cutoffs_and_uniform_start():
+    from charlm.nn import AdaptiveSoftmax, default_cutoffs
+
+    assert default_cutoffs(10_000) == [2000, 6000]
+    assert default_cutoffs(250_000) == [20_000, 60_000, 180_000]
+    layer = AdaptiveSoftmax(16, 1000, [], 4.0)  # cutoffs [200, 600]
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.zero_()  # the limit of a small uniform initialisation
+        layer.initialise_after_uniform()
+        log_probs = layer.log_probs(torch.randn(3, 16))
+    torch.testing.assert_close(log_probs, torch.full((3, 1000), -math.log(1000)))  # uniform over the words
+
+
+def test_adaptive_softmax_rejects_cutoffs_outside_the_vocabulary():
+    from charlm.errors import CharlmError
+
+    for cutoffs in ([30], [10, 5], [0, 10]):
+        with pytest.raises(CharlmError, match="adaptive_cutoffs"):
+            CharLM(part_config("lstm", "adaptive", adaptive_cutoffs=cutoffs), random_spellings())

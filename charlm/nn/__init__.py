@@ -12,12 +12,14 @@
 | ``rhn.py`` | :class:`RHNCore`: the Recurrent Highway Network (Zilly et al. 2017) |
 | ``output.py`` | the output layer's protocol (:class:`OutputLayer`) and :class:`FullSoftmax` |
 | ``char_softmax.py`` | :class:`CharSoftmax`: output embeddings from spellings (Jozefowicz et al. 2016) |
+| ``adaptive_softmax.py`` | :class:`AdaptiveSoftmax`: head and tail clusters for large vocabularies (Grave et al. 2017) |
 | ``fused_softmax.py`` | :func:`linear_cross_entropy`: the softmax loss in one sweep (CPU speed) |
 
 ``CORES`` and ``OUTPUTS`` map the names of ``model.core`` and ``model.output`` to the classes; the
 config accepts exactly their keys.
 """
 
+from charlm.nn.adaptive_softmax import AdaptiveSoftmax, default_cutoffs
 from charlm.nn.char_softmax import CharSoftmax
 from charlm.nn.core import RecurrentCore, State, detach_state, expand_state
 from charlm.nn.dropout import Dropout, LockedDropout, drop_weights
@@ -29,10 +31,10 @@ from charlm.nn.output import FullSoftmax, OutputLayer
 from charlm.nn.rhn import RHNCore
 
 CORES: dict[str, type[RecurrentCore]] = {"lstm": LSTMCore, "rhn": RHNCore}
-OUTPUTS: dict[str, type[OutputLayer]] = {"full": FullSoftmax, "char": CharSoftmax}
+OUTPUTS: dict[str, type[OutputLayer]] = {"full": FullSoftmax, "char": CharSoftmax, "adaptive": AdaptiveSoftmax}
 
 __all__ = [
-    "ACTIVATION_FUNCTIONS", "CORES", "OUTPUTS", "CharCNN", "CharSoftmax", "Dropout", "FullSoftmax", "Highway",
+    "ACTIVATION_FUNCTIONS", "AdaptiveSoftmax", "CORES", "OUTPUTS", "CharCNN", "CharSoftmax", "Dropout", "FullSoftmax", "Highway",
     "LSTMCore", "LockedDropout", "OutputLayer", "RHNCore", "RecurrentCore", "State", "WordEncoder",
-    "detach_state", "drop_weights", "expand_state", "linear_cross_entropy",
+    "default_cutoffs", "detach_state", "drop_weights", "expand_state", "linear_cross_entropy",
 ]

@@ -3,15 +3,21 @@
 The output embedding of word w is computed from its spelling instead of being a free row of a
 ``[V, H]`` matrix::
 
-    [e_w; b_w] = P f(spelling_w) + Q c_w          logit_w = e_w . h + b_w
+    [e_w; b_w] = P f(spelling_w) + Q c_w          logit_w = e_w . h + b_w + a_w
 
 where f is a character encoder (the output's own char-CNN, run over each word's characters only,
 or the input's char-CNN and highway layers: ``model.output_share_encoder``), P a projection to the core's size plus one (the word's
 bias, so that the bias too comes from the spelling), and c_w an optional small per-word
-correction (``model.output_correction_dim``; Q projects it) for what the spelling cannot say.
+correction (``model.output_correction_dim``; Q projects it) for what the spelling cannot say, and
+a_w an optional free per-word bias (``model.output_word_bias``) for the one thing a spelling
+cannot say at all: how frequent the word is. Without a_w the unigram distribution has to be
+carried by ``e_w . h`` along some direction of h, which the dropout on h makes noisy: training
+perplexity then climbs far above validation perplexity (docs/model-parts.md).
 Input and output are so tied through the spelling, the output costs ``O(filters x H)``
 parameters instead of ``O(V x H)``, and any word, in the vocabulary or not, has a logit:
-:meth:`CharSoftmax.spelling_logits` (an unseen word has no correction).
+
+:meth:`CharSoftmax.spelling_logits` (an unseen word has no correction, and as free bias the mean
+of the rarest tenth of the vocabulary's: it is taken to be as rare as those).
 
 The table of every word's ``[e_w; b_w]`` is computed once per training forward pass (its gradient
 reaches the encoder), and once for a whole scoring or sampling run under :meth:`frozen`.
@@ -39,11 +45,12 @@ class CharSoftmax(OutputLayer):
             submodule of this layer: its weights belong to the input side).
         feature_size: the encoder's output size.
         correction_dim: size of the per-word correction (0: none).
+        word_bias: a free bias per word, added to the one from the spelling.
     """
 
     def __init__(self, hidden_size: int, spellings: torch.Tensor, feature_size: int, *,
                  char_cnn: CharCNN | None = None, shared: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 correction_dim: int = 0):
+                 correction_dim: int = 0, word_bias: bool = False):
         super().__init__()
         if (char_cnn is None) == (shared is None):
             raise ValueError("give the output layer either its own char_cnn or a shared encoder")
@@ -54,18 +61,33 @@ class CharSoftmax(OutputLayer):
         self.projection = nn.Linear(feature_size, hidden_size + 1)  # [P_e; p_b]
         self.correction = nn.Embedding(self.vocab_size, correction_dim) if correction_dim else None
         self.correction_projection = nn.Linear(correction_dim, hidden_size + 1, bias=False) if correction_dim else None
+        self.word_bias = nn.Parameter(torch.zeros(self.vocab_size)) if word_bias else None
         self._frozen_table: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def initialise_after_uniform(self) -> None:
+        """The output's own char-CNN starts from PyTorch's initialisation (embedding N(0, 1),
+        convolutions Kaiming-uniform), not the paper's U(-0.05, 0.05). Under the paper's, every
+        spelling gives nearly the same features (their spread across words is 0.005, the output
+        embeddings' 0.004, a seventh of a full softmax's free rows), so every word starts with the
+        same output embedding, the core gets no signal to tell words apart and training stalls at
+        unigram perplexity; under PyTorch's the features spread 0.28 across words and it learns
+        (docs/model-parts.md). A shared encoder keeps the input side's initialisation."""
+        if self.char_cnn is not None:
+            self.char_cnn.embedding.reset_parameters()
+            for conv in self.char_cnn.convs:
+                conv.reset_parameters()
 
     @classmethod
     def from_config(cls, config, model) -> "CharSoftmax":
         hidden = model.core.output_size
         if config.output_share_encoder:
             return cls(hidden, model.encoder.spellings, model.config.input_size,
-                       shared=model.encode_spellings, correction_dim=config.output_correction_dim)
+                       shared=model.encode_spellings, correction_dim=config.output_correction_dim,
+                       word_bias=config.output_word_bias)
         filters = config.output_num_filters or config.num_filters
         cnn = CharCNN(config.char_vocab_size, config.char_embed_dim, config.kernel_widths, filters)
         return cls(hidden, model.encoder.spellings, cnn.output_size, char_cnn=cnn,
-                   correction_dim=config.output_correction_dim)
+                   correction_dim=config.output_correction_dim, word_bias=config.output_word_bias)
 
     def spelling_features(self, chars: torch.Tensor) -> torch.Tensor:
         """Character ids ``[N, L]`` -> encoder features ``[N, feature_size]``."""
@@ -79,7 +101,8 @@ class CharSoftmax(OutputLayer):
         table = self.projection(features)  # [V, H + 1]
         if self.correction is not None:
             table = table + self.correction_projection(self.correction.weight)
-        return table[:, :-1], table[:, -1]
+        bias = table[:, -1] if self.word_bias is None else table[:, -1] + self.word_bias
+        return table[:, :-1], bias
 
     def nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         weight, bias = self.word_table()
@@ -91,9 +114,14 @@ class CharSoftmax(OutputLayer):
 
     def spelling_logits(self, hidden: torch.Tensor, chars: torch.Tensor) -> torch.Tensor:
         """The logit ``e_w . h + b_w`` of the word spelled by row n of ``chars``, under the state
-        ``hidden[n]``: ``[N, H]``, ``[N, L]`` -> ``[N]`` float32 (no per-word correction)."""
+        ``hidden[n]``: ``[N, H]``, ``[N, L]`` -> ``[N]`` float32 (no per-word correction; the free
+        bias of an unseen word, if the layer has free biases: the mean of the rarest tenth of the
+        vocabulary's, whose words are sorted by frequency)."""
         table = self.projection(self.spelling_features(chars))  # [N, H + 1]
-        return ((table[:, :-1] * hidden).sum(-1) + table[:, -1]).float()
+        logits = (table[:, :-1] * hidden).sum(-1) + table[:, -1]
+        if self.word_bias is not None:
+            logits = logits + self.word_bias[-max(1, self.vocab_size // 10):].mean()
+        return logits.float()
 
     def spelling_log_probs(self, hidden: torch.Tensor, chars: torch.Tensor, replaces: int) -> torch.Tensor:
         """Log-probability of the word spelled by row n of ``chars`` under ``hidden[n]``, the word
