@@ -126,8 +126,8 @@ class ModelConfig:
 
     adaptive_cutoffs: list[int] = field(default_factory=list)
     """Output 'adaptive': the first word id of each tail cluster, increasing (words are sorted by
-    frequency). Empty: a head of a fifth of the vocabulary, at most 20,000 words, then clusters
-    ending 3x further on each (10k words: [2000, 6000]; 250k: [20000, 60000, 180000])."""
+    frequency). Empty: a head of two fifths of the vocabulary, at most 20,000 words, then clusters
+    ending 3x further on each (10k words: [4000]; 250k: [20000, 60000, 180000])."""
 
     adaptive_div_value: float = 4.0
     """Output 'adaptive': tail cluster i projects the core's output to hidden_size / div^i

@@ -291,9 +291,10 @@ def test_scoring_in_segments_equals_scoring_the_stream_whole(monkeypatch, pipeli
 def test_adaptive_softmax_default_cutoffs_and_uniform_start():
     from charlm.nn import AdaptiveSoftmax, default_cutoffs
 
-    assert default_cutoffs(10_000) == [2000, 6000]
+    assert default_cutoffs(10_000) == [4000]
+    assert default_cutoffs(100_000) == [20_000, 60_000]
     assert default_cutoffs(250_000) == [20_000, 60_000, 180_000]
-    layer = AdaptiveSoftmax(16, 1000, [], 4.0)  # cutoffs [200, 600]
+    layer = AdaptiveSoftmax(16, 1000, [200, 600], 4.0)
     with torch.no_grad():
         for p in layer.parameters():
             p.zero_()  # the limit of a small uniform initialisation

@@ -30,14 +30,17 @@ from charlm.errors import CharlmError
 from charlm.nn.fused_softmax import linear_cross_entropy
 from charlm.nn.output import OutputLayer
 
-HEAD_SIZE_LIMIT = 20_000  # the default head never holds more words (Transformer-XL and fairseq on WikiText-103)
+HEAD_FRACTION = 0.4  # the default head: two fifths of the vocabulary (PTB: 4,000 of 10,000 words)...
+HEAD_SIZE_LIMIT = 20_000  # ...but never more words (Transformer-XL and fairseq on WikiText-103)
 CLUSTER_GROWTH = 3  # each default tail cluster ends 3x further into the vocabulary than the last
 
 
 def default_cutoffs(vocab_size: int) -> list[int]:
-    """Cutoffs for ``vocab_size`` words: a head of a fifth of the vocabulary (at most 20,000 words),
-    then clusters ending 3x further on each: 10k -> [2000, 6000], 250k -> [20000, 60000, 180000]."""
-    cutoff = min(HEAD_SIZE_LIMIT, max(vocab_size // 5, 1))
+    """Cutoffs for ``vocab_size`` words: a head of two fifths of the vocabulary (at most 20,000
+    words), then clusters ending 3x further on each: 10k -> [4000], 100k -> [20000, 60000], 250k ->
+    [20000, 60000, 180000]. (On PTB after 2 epochs a head of 2,000 words was 2.1% behind the full
+    softmax's validation perplexity, one of 4,000 0.5%: docs/scale.md.)"""
+    cutoff = min(HEAD_SIZE_LIMIT, max(int(vocab_size * HEAD_FRACTION), 1))
     cutoffs = []
     while cutoff < vocab_size:
         cutoffs.append(cutoff)
