@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The GPU record of issue 25, as one prepared script (run it first when a session is lent a GPU):
+#   1. which kernels the paper's model takes on the device (cuDNN LSTM, charlm's fused softmax);
+#   2. ptb-char-large training tokens/s through `charlm train`, 1 process, bf16 and fp32;
+#   3. one epoch of ptb-char-small, its validation perplexity, then exact scoring of the test split.
+# Everything goes to OUT_DIR (summary.txt, the JSON of each step, the run folders).
+#
+#   bash scripts/gpu_check.sh DATA_DIR OUT_DIR      # DATA_DIR: PTB prepared by `charlm prepare`
+#   SMOKE=1 bash scripts/gpu_check.sh ...            # a few updates of each, to check the script itself
+set -euo pipefail
+data=${1:?usage: gpu_check.sh DATA_DIR OUT_DIR}
+out=${2:?usage: gpu_check.sh DATA_DIR OUT_DIR}
+mkdir -p "$out"
+updates=200; warmup=20; epoch=(train.max_epochs=1)
+if [ "${SMOKE:-0}" = 1 ]; then updates=3; warmup=1; epoch=(train.max_epochs=1 train.max_steps=5); fi
+summary=$out/summary.txt
+python -c "import torch; print('device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu (no CUDA)', '| torch', torch.__version__)" | tee "$summary"
+
+# 1. The kernels a training step of ptb-char-small launches on this device.
+python - "$data" <<'PY' | tee -a "$summary"
+import sys, dataclasses, torch
+from charlm.config import load_config
+from charlm.corpus import load_corpus
+from charlm.model import CharLM
+vocab, _, _ = load_corpus(sys.argv[1])
+config = dataclasses.replace(load_config("ptb-char-small").model, vocab_size=len(vocab),
+                             char_vocab_size=len(vocab.chars), max_word_length=vocab.max_word_length)
+device = "cuda" if torch.cuda.is_available() else "cpu"
+model = CharLM(config, vocab.spellings()).to(device)
+words = torch.randint(0, len(vocab), (20, 36), device=device)
+activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
+with torch.profiler.profile(activities=activities) as prof:
+    with torch.autocast(device, dtype=torch.bfloat16):
+        nll, _ = model(words[:, :-1], model.initial_state(20), words[:, 1:])
+    nll.sum().backward()
+names = {event.key for event in prof.key_averages()}
+print("LSTM kernel:", sorted(n for n in names if "cudnn" in n.lower() or "rnn" in n.lower() or "lstm" in n.lower())[:6])
+print("fused softmax (charlm's _LinearCrossEntropy):", any("LinearCrossEntropy" in n for n in names))
+PY
+
+# 2. ptb-char-large training speed through the real command, 1 process.
+for precision in bf16 no; do
+    python scripts/benchmark_commands.py --data-dir "$data" --config ptb-char-large --commands charlm \
+        --warmup $warmup --updates $updates --json "$out/large-$precision.json" train.mixed_precision=$precision \
+        | tail -3 | tee -a "$summary"
+done
+
+# 3. One epoch of ptb-char-small, then exact test perplexity of its model.
+charlm train --config ptb-char-small --data-dir "$data" --output-dir "$out/ptb-char-small-1ep" "${epoch[@]}" \
+    > "$out/ptb-char-small-1ep.log" 2>&1
+tail -1 "$out/ptb-char-small-1ep/metrics.jsonl" | tee -a "$summary"
+device=$(python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+charlm perplexity --checkpoint "$out/ptb-char-small-1ep/best" --data-dir "$data" --split test --device "$device" \
+    --json > "$out/test.json"
+tee -a "$summary" < "$out/test.json"
