@@ -72,6 +72,13 @@ def test_config_overrides_and_unknown_keys(tmp_path):
         load_config(TINY, ["train.batch_size=big"])
 
 
+@pytest.mark.parametrize("name", shipped_configs())
+def test_every_shipped_config_loads(name):
+    """Every config in charlm/configs/ parses and validates (unknown keys and bad values are errors)."""
+    config = load_config(name)
+    assert config.model.hidden_size > 0 and config.train.max_epochs > 0
+
+
 def test_config_by_shipped_name_or_path(tmp_path, monkeypatch):
     assert {"tiny", "ptb-char-small", "ptb-char-large", "ptb-word-small"} <= set(shipped_configs())
     monkeypatch.chdir(tmp_path)  # not the repository: names must not depend on the working directory
