@@ -58,7 +58,7 @@ from torch import nn
 from charlm.config import ModelConfig, load_config
 from charlm.corpus import load_corpus
 from charlm.model import CharLM
-from charlm.nn import default_cutoffs, detach_state
+from charlm.nn import detach_state, resolve_cutoffs
 from charlm.generate import SamplingOptions, sample
 from charlm.memory import keep_freed_memory
 from charlm.evaluate import DEFAULTS as EVAL_DEFAULTS
@@ -117,7 +117,7 @@ def flops_per_token(c: ModelConfig) -> float:
     else:  # rhn: the input enters the first micro-layer; each micro-layer is an [H, 2H] product
         core = 2 * 2 * h * d + c.rhn_depth * 2 * h * 2 * h
     if c.output == "adaptive":
-        cutoffs = c.adaptive_cutoffs or default_cutoffs(c.vocab_size)
+        cutoffs = resolve_cutoffs(c.adaptive_cutoffs, c.vocab_size)
         return cnn + highway + core + 2 * h * (cutoffs[0] + len(cutoffs))
     return cnn + highway + core + 2 * h * c.vocab_size
 

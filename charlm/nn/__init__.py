@@ -19,7 +19,7 @@
 config accepts exactly their keys.
 """
 
-from charlm.nn.adaptive_softmax import AdaptiveSoftmax, default_cutoffs
+from charlm.nn.adaptive_softmax import AdaptiveSoftmax, default_cutoffs, resolve_cutoffs
 from charlm.nn.char_softmax import CharSoftmax
 from charlm.nn.core import RecurrentCore, State, detach_state, expand_state
 from charlm.nn.dropout import Dropout, LockedDropout, drop_weights
@@ -36,5 +36,5 @@ OUTPUTS: dict[str, type[OutputLayer]] = {"full": FullSoftmax, "char": CharSoftma
 __all__ = [
     "ACTIVATION_FUNCTIONS", "AdaptiveSoftmax", "CORES", "OUTPUTS", "CharCNN", "CharSoftmax", "Dropout", "FullSoftmax", "Highway",
     "LSTMCore", "LockedDropout", "OutputLayer", "RHNCore", "RecurrentCore", "State", "WordEncoder",
-    "default_cutoffs", "detach_state", "drop_weights", "expand_state", "linear_cross_entropy",
+    "default_cutoffs", "detach_state", "drop_weights", "expand_state", "linear_cross_entropy", "resolve_cutoffs",
 ]

@@ -18,7 +18,8 @@ matrix. :meth:`AdaptiveSoftmax.log_probs` builds the full ``[N, V]`` log-probabi
 generation and analyses (the caller chooses N).
 
 ``torch.nn.AdaptiveLogSoftmaxWithLoss`` computes the same distribution (without tail biases);
-this layer exists because, through the fused loss, it is faster on a CPU (docs/scale.md).
+this layer exists because torch's fails under bf16 autocast (a dtype mismatch in ``index_copy_``,
+torch 2.13) and is no faster in fp32 (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -48,13 +49,15 @@ def default_cutoffs(vocab_size: int) -> list[int]:
     return cutoffs
 
 
-def check_cutoffs(cutoffs: list[int], vocab_size: int) -> None:
-    """A user's cutoffs must increase strictly and lie inside the vocabulary."""
+def resolve_cutoffs(cutoffs: list[int], vocab_size: int) -> list[int]:
+    """``model.adaptive_cutoffs`` as used: the user's (checked) or, if empty, the default."""
+    cutoffs = list(cutoffs) or default_cutoffs(vocab_size)
     if not cutoffs or any(b <= a for a, b in zip(cutoffs, cutoffs[1:])) or cutoffs[0] < 1 or cutoffs[-1] >= vocab_size:
         raise CharlmError(
             f"model.adaptive_cutoffs {cutoffs} must increase strictly from 1 to below the vocabulary size "
             f"{vocab_size:,}; leave it empty for the default ({default_cutoffs(vocab_size)})"
         )
+    return cutoffs
 
 
 class _Tail(nn.Module):
@@ -76,14 +79,13 @@ class AdaptiveSoftmax(OutputLayer):
     """Args:
         hidden_size: size of the core's outputs.
         vocab_size: number of words, most frequent first.
-        cutoffs: the first word of each tail cluster (empty: :func:`default_cutoffs`).
+        cutoffs: the first word of each tail cluster (empty: :func:`default_cutoffs`; checked).
         div_value: cluster i's projection has ``hidden_size / div_value^i`` dimensions.
     """
 
     def __init__(self, hidden_size: int, vocab_size: int, cutoffs: list[int], div_value: float):
         super().__init__()
-        cutoffs = list(cutoffs) or default_cutoffs(vocab_size)
-        check_cutoffs(cutoffs, vocab_size)
+        cutoffs = resolve_cutoffs(cutoffs, vocab_size)
         self.input_size, self.vocab_size, self.cutoffs = hidden_size, vocab_size, cutoffs
         self.head = nn.Linear(hidden_size, cutoffs[0] + len(cutoffs))
         bounds = [*cutoffs, vocab_size]
