@@ -309,3 +309,14 @@ def test_adaptive_softmax_rejects_cutoffs_outside_the_vocabulary():
     for cutoffs in ([30], [10, 5], [0, 10]):
         with pytest.raises(CharlmError, match="adaptive_cutoffs"):
             CharLM(part_config("lstm", "adaptive", adaptive_cutoffs=cutoffs), random_spellings())
+
+
+def test_char_output_encoder_starts_with_features_that_tell_words_apart():
+    """The output's own char-CNN is initialised as PyTorch does, not U(-0.05, 0.05): under the
+    latter every spelling gets nearly the same features and training stalls (docs/model-parts.md)."""
+    torch.manual_seed(0)
+    model = CharLM(part_config("lstm", "char"), random_spellings())
+    with torch.no_grad():
+        spread = model.output.spelling_features(model.encoder.spellings).std(dim=0).mean().item()
+    assert model.output.char_cnn.embedding.weight.abs().max() > 1.0  # N(0, 1), not U(-0.05, 0.05)
+    assert spread > 0.05  # the paper's initialisation gives about 0.005 on PTB
