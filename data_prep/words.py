@@ -18,6 +18,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 
@@ -136,16 +138,11 @@ class _Worker:
 def _number_words(options: VocabOptions, inbox, outbox, parent: int) -> None:
     """A worker process: provisional ids of each ``(lines, train)`` job; on ``None``, its words
     and their training counts. It leaves when its parent is gone."""
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     counter = WordCounter(options)
     try:
         while True:
-            try:
-                job = inbox.get(timeout=POLL_S)
-            except queue.Empty:
-                if os.getppid() != parent:  # nobody will read what is still queued: drop it
-                    outbox.cancel_join_thread()
-                    return
-                continue
+            job = inbox.get()
             if job is None:
                 outbox.put(counter.words_seen())
                 return
@@ -153,3 +150,12 @@ def _number_words(options: VocabOptions, inbox, outbox, parent: int) -> None:
             outbox.put(counter.encode(lines, train))
     except BaseException as err:  # raised again in the main process
         outbox.put(err)
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """Ends this worker once ``parent`` is gone, whatever the main thread is doing: a parent
+    killed halfway through sending a batch leaves a message that ``inbox.get`` waits on forever,
+    and nobody will read the answers anyway."""
+    while os.getppid() == parent:
+        time.sleep(POLL_S)
+    os._exit(0)
