@@ -138,3 +138,17 @@ def test_adaptive_speed_script_times_the_three_layers():
     assert [row[1] for row in rows] == ["fp32", "bf16"]
     assert rows[1][3] == "fails" or float(rows[1][3]) > 0  # torch 2.13's layer fails under bf16 autocast
     assert all(float(row[2]) > 0 and float(row[4]) > 0 for row in rows)
+
+
+def test_compare_runs_tables_each_run_and_draws_the_plot(tmp_path):
+    script = SCRIPT.with_name("compare_runs.py")
+    for name, valid in (("a", [300.0, 200.0, 150.0]), ("b", [250.0, 180.0])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text(
+            "".join(f'{{"epoch": {e + 1}, "valid_ppl": {v}}}\n' for e, v in enumerate(valid)))
+    result = subprocess.run([sys.executable, str(script), f"A={tmp_path / 'a'}", f"B={tmp_path / 'b' / 'metrics.jsonl'}",
+                             "--epochs", "1", "3", "--plot", str(tmp_path / "p.png")],
+                            capture_output=True, text=True, check=True)
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| A") or line.startswith("| B")]
+    assert rows == ["| A | 300.0 | 150.0 | 150.00 | 3 |", "| B | 250.0 | - | 180.00 | 2 |"]
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
