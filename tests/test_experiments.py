@@ -152,3 +152,16 @@ def test_compare_runs_tables_each_run_and_draws_the_plot(tmp_path):
     rows = [line for line in result.stdout.splitlines() if line.startswith("| A") or line.startswith("| B")]
     assert rows == ["| A | 300.0 | 150.0 | 150.00 | 3 |", "| B | 250.0 | - | 180.00 | 2 |"]
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_char_output_offset_script_shows_float32_ignores_a_common_offset(trained):
+    script = SCRIPT.with_name("char_output_offset.py")
+    result = subprocess.run(
+        [sys.executable, str(script), "--data-dir", str(trained.data_dir), "--config", "tiny", "--updates", "4",
+         "--every", "2", "model.output=char", "model.output_num_filters=[4,4,4]", "model.kernel_widths=[1,2,3]",
+         "model.num_filters=[8,8,8]", "model.hidden_size=16", "train.batch_size=4", "train.seq_len=8"],
+        capture_output=True, text=True, check=True)
+    lines = result.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == ["update 2", "update 4"]
+    float32 = [float(re.search(r"float32 ([\d.]+)", line).group(1)) for line in lines[2:]]
+    assert len(float32) == 4 and max(float32) - min(float32) < 0.05 * min(float32)  # the offset changes no probability

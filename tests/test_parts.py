@@ -223,6 +223,26 @@ def test_char_output_scores_any_spelling_like_a_vocabulary_word():
     torch.testing.assert_close(output.spelling_logits(hidden, padded), expected)
 
 
+def test_char_output_table_is_centred_and_gives_the_uncentred_distribution():
+    """The word table has mean zero over the vocabulary (no common offset for bf16 logits to round
+    away the differences between words), and its log-probabilities are those of the plain
+    formula ``[e_w; b_w] = P f(spelling_w) + Q c_w (+ a_w)``, offset included."""
+    torch.manual_seed(0)
+    model = CharLM(part_config("lstm", "char", output_correction_dim=4), random_spellings()).eval()
+    output: CharSoftmax = model.output
+    with torch.no_grad():
+        output.word_bias.uniform_(-3, 3)
+        output.correction.weight.uniform_(0, 2)  # corrections with a mean of their own
+        weight, bias = output.word_table()
+        torch.testing.assert_close(weight.mean(0), torch.zeros(weight.size(1)), atol=1e-5, rtol=0)
+        torch.testing.assert_close(bias.mean(), torch.tensor(0.0), atol=1e-5, rtol=0)
+        plain = output.projection(output.spelling_features(output.spellings)) \
+            + output.correction_projection(output.correction.weight) + 5.0  # any common offset
+        hidden = torch.randn(6, model.config.hidden_size)
+        expected = torch.log_softmax(hidden @ plain[:, :-1].t() + plain[:, -1] + output.word_bias, dim=-1)
+        torch.testing.assert_close(output.log_probs(hidden), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_char_output_free_bias_of_an_unseen_spelling_is_that_of_the_rarest_words():
     torch.manual_seed(0)
     model = CharLM(part_config("lstm", "char", output_correction_dim=0), random_spellings()).eval()
