@@ -220,8 +220,12 @@ def test_two_processes_equal_one_process_with_twice_the_batch(corpus, tmp_path, 
         assert record["step"] == 4
     a, b = newest_weights(tmp_path / "one"), newest_weights(tmp_path / "two")
     assert a.keys() == b.keys()
+    # The char output centres its word table (a difference of near-equal numbers), so the two
+    # summation orders part by up to 5e-5 after four updates at lr 1.0; a gradient averaged
+    # wrongly would be off by the size of an update (1e-2 and more).
+    atol = 1e-4 if "char" in parts else 1e-5
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=atol, msg=name)
 
 
 def test_gradient_accumulation_counts_updates(corpus, tmp_path):

@@ -46,7 +46,7 @@ def plot(runs: dict[str, list[dict]], png: Path) -> None:
         ax.plot([r["epoch"] for r in records], [r["valid_ppl"] for r in records], "o-", markersize=3, label=label)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if value in (80, 90, 150, 300) else ""))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if round(value) in (80, 90, 200, 300, 500) else ""))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation perplexity (log scale)")
     ax.grid(True, which="both", alpha=0.3)
