@@ -5,8 +5,8 @@ and bf16 logits lose the differences between words under a common offset.
 Trains ``--updates`` updates of ``charlm train``'s own step (bf16, one thread) and prints, every
 ``--every`` updates, the norm of the common part the layer removes (``|P mean(f) + Q mean(c)|``,
 the mean of the uncentred rows' embedding part) next to the spread of the rows around it. Then it
-adds a common vector of norm 0, 100, 250 and 500 to every word's embedding (which changes no
-probability) and scores the next chunk in eval mode in float32 and under bf16 autocast: the
+adds a vector of norm 0, 100, 250 and 500 along that common part to every word's embedding
+(which changes no probability) and scores the next chunk in eval mode in float32 and under bf16 autocast: the
 float32 perplexity stays put, the bf16 one does not.
 
     python scripts/experiments/char_output_offset.py --data-dir data/ptb [--updates 300 --every 100]
@@ -27,14 +27,14 @@ from charlm.train import Run
 OFFSETS = (0.0, 100.0, 250.0, 500.0)
 
 
-def common_part(output) -> tuple[float, float]:
-    """Norm of the mean uncentred embedding row, and the mean norm of the centred rows."""
+def common_part(output) -> tuple[torch.Tensor, float]:
+    """The mean uncentred embedding row, and the mean norm of the centred rows."""
     features = output.spelling_features(output.spellings)
     plain = output.projection(features)[:, :-1]
     if output.correction is not None:
         plain = plain + output.correction_projection(output.correction.weight)[:, :-1]
     common = plain.mean(0)
-    return common.norm().item(), (plain - common).norm(dim=1).mean().item()
+    return common, (plain - common).norm(dim=1).mean().item()
 
 
 @contextlib.contextmanager
@@ -66,14 +66,14 @@ def main() -> None:
             if (k + 1) % args.every == 0:
                 with torch.no_grad():
                     common, spread = common_part(run.raw_model.output)
-                print(f"update {k + 1}: common part {common:.2f} | spread of the rows around it {spread:.2f}", flush=True)
+                print(f"update {k + 1}: common part {common.norm():.2f} | spread of the rows around it {spread:.2f}", flush=True)
         # a copy outside accelerate, whose wrapper would run every forward under bf16 autocast
         model = CharLM(run.raw_model.config, run.raw_model.encoder.spellings)
         model.load_state_dict(run.raw_model.state_dict())
         model.eval()
         inputs, targets = run.stream.chunk(args.updates)
-        direction = torch.nn.functional.normalize(torch.randn(model.output.input_size, generator=torch.Generator().manual_seed(0)), dim=0)
-        with torch.no_grad():
+        with torch.no_grad():  # along the common part itself (a random direction is nearly orthogonal to h)
+            direction = torch.nn.functional.normalize(common_part(model.output)[0], dim=0)
             for size in OFFSETS:
                 with offset_table(model.output, size * direction):
                     fp32 = model(inputs, run.state, targets)[0].float().mean().item()
