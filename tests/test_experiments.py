@@ -13,6 +13,9 @@ from torch import nn
 
 from helpers_model import trained  # noqa: F401 (a fixture)
 
+TINY_CHAR_OUTPUT = ["model.output=char", "model.output_num_filters=[4,4,4]", "model.kernel_widths=[1,2,3]",
+                    "model.num_filters=[8,8,8]", "model.hidden_size=16", "train.batch_size=4", "train.seq_len=8"]
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "experiments" / "reference_stale_state.py"
 
 
@@ -122,8 +125,7 @@ def test_output_training_probe_prints_one_line_per_window(trained):
     script = SCRIPT.with_name("output_training_probe.py")
     result = subprocess.run(
         [sys.executable, str(script), "--data-dir", str(trained.data_dir), "--config", "tiny", "--updates", "4",
-         "--every", "2", "model.output=char", "model.output_num_filters=[4,4,4]", "model.kernel_widths=[1,2,3]",
-         "model.num_filters=[8,8,8]", "model.hidden_size=16", "train.batch_size=4", "train.seq_len=8"],
+         "--every", "2", *TINY_CHAR_OUTPUT],
         capture_output=True, text=True, check=True)
     lines = result.stdout.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == ["update 2", "update 4"]
@@ -158,8 +160,7 @@ def test_char_output_offset_script_shows_float32_ignores_a_common_offset(trained
     script = SCRIPT.with_name("char_output_offset.py")
     result = subprocess.run(
         [sys.executable, str(script), "--data-dir", str(trained.data_dir), "--config", "tiny", "--updates", "4",
-         "--every", "2", "model.output=char", "model.output_num_filters=[4,4,4]", "model.kernel_widths=[1,2,3]",
-         "model.num_filters=[8,8,8]", "model.hidden_size=16", "train.batch_size=4", "train.seq_len=8"],
+         "--every", "2", *TINY_CHAR_OUTPUT],
         capture_output=True, text=True, check=True)
     lines = result.stdout.strip().splitlines()
     assert [line.split(":")[0] for line in lines[:2]] == ["update 2", "update 4"]

@@ -25,7 +25,7 @@ reaches the encoder), and once for a whole scoring or sampling run under :meth:`
 The table is kept centred: its mean over the vocabulary is subtracted (from the features and the
 corrections before the projection, from the free biases), which changes no probability (a
 vector added to every word's ``[e_w; b_w]`` adds the same number to every logit). Without it the
-common part grows without limit under Adam (``|mean e|`` 6.7 -> 17.9 over updates 100-400 while
+common part grows steadily under Adam (``|mean e|`` 6.7 -> 17.9 over updates 100-400 while
 the spread around it stays at 2.4-2.9: it has no gradient of its own, and it moves as a side
 effect of the updates to P), and once the logits carry an offset of some hundreds, bf16 has
 nothing left for the differences between words (its spacing is 2 at 300): the training loss,
