@@ -35,6 +35,7 @@ HIGHWAY_KINDS = ("highway", "none", "mlp", "residual")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DECAY_COMPARE = ("previous", "best")
+AVERAGES = ("none", "asgd")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 """The configs shipped in the package; ``--config NAME`` reads ``CONFIG_DIR / NAME.yaml``."""
@@ -273,6 +274,12 @@ class TrainConfig:
     min_lr: float = 0.0
     """Stop training once the learning rate falls below this (0: never)."""
 
+    average: str = "none"
+    """'none' (the paper) or 'asgd': averaged SGD as in AWD-LSTM (NT-ASGD). At the first epoch where
+    the learning rate would decay, start averaging the weights instead (a running mean over every
+    update from then on) and keep the learning rate; validation and best/ then use the averaged
+    weights (charlm/averaging.py)."""
+
     seed: int = 3435
     """Random seed (the reference code's)."""
 
@@ -310,6 +317,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("train.decay_compare", self.decay_compare, DECAY_COMPARE)
+        _check_choice("train.average", self.average, AVERAGES)
         if self.mixed_precision:
             _check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
         for name in ("batch_size", "seq_len", "gradient_accumulation_steps", "eval_chunk_len",

@@ -3,7 +3,8 @@
     OUTPUT_DIR/
       checkpoints/step-N/   accelerate's save_state (model.safetensors, optimizer.bin, RNG states
                             random_states_R.pkl), hidden_R.safetensors (each process's carried core
-                            state: its named tensors), progress.json (epoch, chunk, update, learning rate, history)
+                            state: its named tensors), progress.json (epoch, chunk, update, learning rate, history),
+                            average.safetensors (the weight average of train.average=asgd, once it runs)
                             and the COMPLETE marker, written last
       best/                 the exported model (charlm.checkpoint)
       metrics.jsonl         one record per epoch
@@ -43,6 +44,7 @@ METRICS_FILE = "metrics.jsonl"
 PROGRESS_FILE = "progress.json"
 RUN_CONFIG_FILE = "config.json"  # the run's whole config (model and train), as it was started
 COMPLETE_MARKER = "COMPLETE"
+AVERAGE_FILE = "average.safetensors"
 
 
 def complete_checkpoints(output_dir: Path) -> list[Path]:
@@ -77,8 +79,9 @@ def recover_checkpoints(output_dir: Path) -> None:
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, progress: dict[str, Any], state: dict[str, torch.Tensor],
-                    keep: int) -> None:
+                    keep: int, average: dict[str, torch.Tensor] | None = None) -> None:
     """Write a resumable state: to ``step-N.tmp``, then a completeness marker, then rename.
+    ``average``: the weight average to keep with it (the same on every process), if any.
 
     A crash at any moment leaves the newest complete state readable (see :func:`recover_checkpoints`);
     a failed write (a full disk) is a CharlmError that leaves the previous states as they were.
@@ -98,6 +101,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, progress: dict[s
                   str(tmp / f"hidden_{accelerator.process_index}.safetensors"))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            if average:
+                save_file(average, str(tmp / AVERAGE_FILE))
             save_json(progress, tmp / PROGRESS_FILE)
             (tmp / COMPLETE_MARKER).write_text("complete\n")
     except (OSError, RuntimeError, SafetensorError) as err:  # torch.save reports a failed write as RuntimeError
@@ -179,6 +184,16 @@ def load_checkpoint(
         raise CharlmError(f"checkpoint {directory} was saved with another train.batch_size or model (core state "
                           f"{_shapes(state)}, this run {_shapes(expected_state)}); resume with the same config")
     return progress, state
+
+
+def load_average(directory: Path) -> dict[str, torch.Tensor]:
+    """The weight average saved in a resumable state (see :func:`save_checkpoint`)."""
+    path = directory / AVERAGE_FILE
+    try:
+        return load_file(str(path))
+    except Exception as err:  # missing, truncated or foreign
+        raise CharlmError(f"cannot load the weight average {path} ({error_reason(err)}); delete {directory} to resume "
+                          "from the state before it, or start a new run") from None
 
 
 def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:

@@ -52,6 +52,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
+from charlm.averaging import WeightAverage
 from charlm.checkpoint import export_model, non_finite, recover_export
 from charlm.config import RunConfig, TrainConfig, describe_fields, load_config, save_json
 from charlm.corpus import TextStream, load_corpus
@@ -66,6 +67,7 @@ from charlm.state import (
     METRICS_FILE,
     complete_checkpoints,
     drop_later_records,
+    load_average,
     load_checkpoint,
     prepare_output_dir,
     recover_checkpoints,
@@ -176,6 +178,8 @@ class Progress:
     """Each process's summed training NLL in the current epoch (up to the last fold)."""
     epoch_train_seconds: float = 0.0
     """Training time of the current epoch (up to the last fold)."""
+    average_since: int | None = None
+    """train.average=asgd: the update after which the weights are averaged (None: not yet)."""
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Progress":
@@ -193,6 +197,8 @@ class EpochRecord:
     valid_ppl: float
     tokens_per_sec: float
     seconds: float
+    averaged_updates: int | None = None
+    """train.average=asgd: how many updates the validated weights average (the key is left out before)."""
 
 
 class Run:
@@ -224,6 +230,7 @@ class Run:
         optimizer = build_optimizer(model, tc)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.raw_model: CharLM = accelerator.unwrap_model(self.model)
+        self.average = WeightAverage(self.raw_model)  # runs only with train.average=asgd, once triggered
 
         self.rows = tc.batch_size * accelerator.num_processes
         self.stream = TextStream(self.splits["train"], self.rows, tc.seq_len,
@@ -266,6 +273,9 @@ class Run:
         if checkpoints:
             values, self.state = load_checkpoint(accelerator, checkpoints[-1], accelerator.device, self.state)
             self.progress = Progress.from_dict(values)
+            since, step = self.progress.average_since, self.progress.global_step
+            if since is not None and step > since:  # averaged SGD was running: its mean of step - since updates
+                self.average.load_state_dict(load_average(checkpoints[-1]), step - since)
             if accelerator.is_main_process:
                 print(f"resuming from {checkpoints[-1]} (epoch {self.progress.epoch + 1}, "
                       f"update {self.progress.global_step})")
@@ -340,7 +350,7 @@ class Run:
     def checkpoint(self, epoch: int) -> None:
         self.check_finite(epoch, weights=True)
         save_checkpoint(self.accelerator, self.output_dir, dataclasses.asdict(self.progress), self.state,
-                        self.tc.keep_checkpoints)
+                        self.tc.keep_checkpoints, self.average.state_dict() if self.average.count else None)
 
     def fold_counters(self, nll_sum: torch.Tensor, train_start: float) -> None:
         """Add the loss summed since the last fold (from every process) and the time to the
@@ -350,10 +360,34 @@ class Run:
         self.progress.epoch_nll = [a + b for a, b in zip(self.progress.epoch_nll, everyone)]
         self.progress.epoch_train_seconds += time.time() - train_start
 
+    def after_update(self) -> None:
+        """Count the update; with averaged SGD running, add the new weights to the average."""
+        self.progress.global_step += 1
+        if self.progress.average_since is not None:
+            self.average.add()
+
     def end_epoch(self, epoch: int, epoch_start: float, cut_short: bool) -> bool:
-        """Validate, export best/, append the metrics record, then (for a completed epoch) apply the
-        learning-rate rule and start a fresh epoch. Returns whether the run is now cut short (the
-        learning rate fell below train.min_lr)."""
+        """Validate, export best/, append the metrics record (with the averaged weights once averaged
+        SGD runs), then (for a completed epoch) apply the learning-rate rule and start a fresh epoch.
+        Returns whether the run is now cut short (the learning rate fell below train.min_lr)."""
+        with self.average.applied():
+            valid_ppl = self.validate_and_record(epoch, epoch_start, cut_short)
+        if cut_short:
+            return True
+        tc, progress, accelerator = self.tc, self.progress, self.accelerator
+        progress.valid_history.append(valid_ppl)  # a completed epoch: the learning-rate rule, then a fresh epoch
+        if should_decay(progress.valid_history, tc) and progress.average_since is None:
+            if tc.average == "asgd":
+                progress.average_since = progress.global_step  # average from the next update on, at this lr
+            else:
+                self.set_lr(progress.lr * tc.lr_decay)
+        progress.epoch, progress.chunk = epoch, 0
+        progress.epoch_nll, progress.epoch_train_seconds = [0.0] * accelerator.num_processes, 0.0
+        return bool(tc.min_lr) and progress.lr < tc.min_lr
+
+    def validate_and_record(self, epoch: int, epoch_start: float, cut_short: bool) -> float:
+        """Score the validation split with the model's weights as they are, export best/ if it
+        improved, append the metrics record; returns the validation perplexity."""
         tc, progress, accelerator = self.tc, self.progress, self.accelerator
         train_tokens = progress.chunk * self.rows * tc.seq_len
         train_ppl = safe_exp(sum(progress.epoch_nll) / max(train_tokens, 1))
@@ -369,6 +403,7 @@ class Run:
             valid_ppl=round(valid_ppl, 3),
             tokens_per_sec=round(train_tokens / max(progress.epoch_train_seconds, 1e-9), 1),
             seconds=round(time.time() - epoch_start, 1),
+            averaged_updates=self.average.count if progress.average_since is not None else None,
         )
         improved = valid_ppl < progress.best_valid
         progress.best_valid = min(progress.best_valid, valid_ppl)
@@ -377,14 +412,7 @@ class Run:
                                  step=progress.global_step)
         if accelerator.is_main_process:
             self.write_record(record, improved)
-        if cut_short:
-            return True
-        progress.valid_history.append(valid_ppl)  # a completed epoch: the learning-rate rule, then a fresh epoch
-        if should_decay(progress.valid_history, tc):
-            self.set_lr(progress.lr * tc.lr_decay)
-        progress.epoch, progress.chunk = epoch, 0
-        progress.epoch_nll, progress.epoch_train_seconds = [0.0] * accelerator.num_processes, 0.0
-        return bool(tc.min_lr) and progress.lr < tc.min_lr
+        return valid_ppl
 
     def write_record(self, record: EpochRecord, improved: bool) -> None:
         """Main process: export best/ if validation improved, append the record, print it."""
@@ -393,13 +421,15 @@ class Run:
                 "train": dataclasses.asdict(self.tc), "valid_ppl": record.valid_ppl, "epoch": record.epoch})
         try:
             with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as f:
-                f.write(json.dumps(dataclasses.asdict(record)) + "\n")
+                values = {key: value for key, value in dataclasses.asdict(record).items() if value is not None}
+                f.write(json.dumps(values) + "\n")
         except OSError as err:
             raise CharlmError(f"could not write {self.output_dir / METRICS_FILE} ({err.strerror}); is the disk "
                               "full? free some space and run again with --resume") from None
+        averaged = f" (weights averaged over {record.averaged_updates:,} updates)" if record.averaged_updates else ""
         tqdm.write(
             f"epoch {record.epoch}: train ppl {record.train_ppl:.2f} | valid ppl {record.valid_ppl:.2f}"
-            f"{' (best)' if improved else ''} | lr {record.lr:g} | "
+            f"{' (best)' if improved else ''}{averaged} | lr {record.lr:g} | "
             f"{record.tokens_per_sec:,.0f} tok/s | {record.seconds:.0f} s"
         )
 
@@ -457,7 +487,7 @@ def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resum
                     bar.update(1)
                     if not accelerator.sync_gradients:
                         continue
-                    progress.global_step += 1
+                    run.after_update()
                     step = progress.global_step
                     if step % tc.log_every == 0 or k + 1 == run.chunks_per_epoch:
                         run.check_finite(epoch)

@@ -257,3 +257,77 @@ def test_tensorboard_tracking_holds_the_scalars_and_the_config(corpus, tmp_path,
     code = main(["train", "--config", str(TINY), "--data-dir", str(corpus), "--output-dir", str(tmp_path / "x"),
                  *SMALL, "train.report_to=nosuchtracker"])
     assert code == 2 and "not a tracker accelerate knows" in capsys.readouterr().err
+
+
+def test_weight_average_is_the_running_mean_and_is_applied_only_within_its_block():
+    from charlm.averaging import WeightAverage
+
+    layer = torch.nn.Linear(3, 2)
+    average = WeightAverage(layer)
+    with average.applied():  # nothing added yet: the model keeps its weights
+        assert layer.weight.abs().sum() > 0
+    seen = []
+    for value in (1.0, 2.0, 6.0):
+        with torch.no_grad():
+            layer.weight.fill_(value)
+            layer.bias.normal_()
+        seen.append(layer.bias.detach().clone())
+        average.add()
+    own_bias = layer.bias.detach().clone()
+    with average.applied():
+        torch.testing.assert_close(layer.weight, torch.full((2, 3), 3.0))
+        torch.testing.assert_close(layer.bias, torch.stack(seen).mean(0))
+    assert bool((layer.weight == 6.0).all()) and torch.equal(layer.bias, own_bias)  # put back bit for bit
+
+
+ASGD = ["train.average=asgd", "train.decay_start_epoch=2", "train.decay_threshold=1000", "train.max_epochs=4"]
+
+
+def records_of(output_dir):
+    return [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_asgd_starts_where_the_lr_would_decay_keeps_the_lr_and_validates_and_exports_the_average(corpus, tmp_path,
+                                                                                                 capsys):
+    """decay_threshold=1000: every epoch from the second counts as stalled, so the paper's rule
+    halves the lr from epoch 3 on, and asgd averages from the end of epoch 2 at the same lr."""
+    assert run_train(corpus, tmp_path / "decay", *ASGD, "train.average=none") == 0
+    assert [r["lr"] for r in records_of(tmp_path / "decay")] == [1.0, 1.0, 0.5, 0.25]
+    out = tmp_path / "asgd"
+    assert run_train(corpus, out, *ASGD) == 0
+    records = records_of(out)
+    per_epoch = records[0]["step"]
+    assert [r["lr"] for r in records] == [1.0] * 4
+    assert [r.get("averaged_updates") for r in records] == [None, None, per_epoch, 2 * per_epoch]
+    assert "(weights averaged over" in capsys.readouterr().out
+    # The exported model is the average that was validated: scored again it gives the recorded
+    # perplexity, and its weights are the mean saved in the run's state, not the run's own weights.
+    (best,) = [r for r in records if r["epoch"] == json.loads((out / "best" / "config.json").read_text())["epoch"]]
+    assert best.get("averaged_updates"), records  # averaging helps the tiny grammar too
+    capsys.readouterr()
+    assert main(["perplexity", "--checkpoint", str(out / "best"), "--data-dir", str(corpus), "--split", "valid",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["perplexity"] == pytest.approx(best["valid_ppl"], abs=1e-3)
+    state = out / "checkpoints" / f"step-{best['step']:09d}"  # saved at the end of the best epoch
+    average, exported, own = (load_file(str(state / "average.safetensors")),
+                              load_file(str(out / "best" / "model.safetensors")), load_file(str(state / "model.safetensors")))
+    for name in average:
+        assert torch.equal(average[name], exported[name]), name
+    assert any(not torch.equal(average[name], own[name]) for name in average)
+
+
+def test_resume_while_averaging_equals_uninterrupted(corpus, tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    common = [*ASGD, "train.checkpoint_every_steps=5"]
+    assert run_train(corpus, full, *common) == 0
+    per_epoch = records_of(full)[0]["step"]
+    assert run_train(corpus, cut, *common, f"train.max_steps={2 * per_epoch + 7}") == 0  # stop inside epoch 3
+    assert run_train(corpus, cut, *common, resume=True) == 0
+    assert records_of(full)[-1] == {**records_of(cut)[-1], "seconds": records_of(full)[-1]["seconds"],
+                                    "tokens_per_sec": records_of(full)[-1]["tokens_per_sec"]}
+    for files in (newest_weights, lambda d: load_file(str(d / "best" / "model.safetensors")),
+                  lambda d: load_file(str(complete_checkpoints(d)[-1] / "average.safetensors"))):
+        a, b = files(full), files(cut)
+        assert a.keys() == b.keys()
+        for name in a:
+            assert torch.equal(a[name], b[name]), name
