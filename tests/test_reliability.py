@@ -444,6 +444,19 @@ def test_truncated_hidden_state_or_progress_in_a_checkpoint_is_one_line(saved_ru
     assert "cannot load checkpoint" in assert_one_line_error(code, err)
 
 
+def test_damaged_weight_average_in_a_checkpoint_is_one_line(corpus, tmp_path, capsys):
+    """train.average=asgd keeps its running mean in each state; averaging starts after epoch 2 here."""
+    asgd = ["train.average=asgd", "train.decay_start_epoch=2", "train.decay_threshold=1000"]
+    output_dir = tmp_path / "run"
+    assert main(train_args(corpus, output_dir, *asgd, "train.max_epochs=3")) == 0
+    state = complete_checkpoints(output_dir)[-1]
+    (state / "average.safetensors").write_bytes(b"\x08\x00")
+    capsys.readouterr()
+    code, _, err = run_cli(capsys, *train_args(corpus, output_dir, *asgd, "train.max_epochs=4"), "--resume")
+    line = assert_one_line_error(code, err)
+    assert "cannot load the weight average" in line and str(state) in line
+
+
 def test_resume_with_another_model_size_is_one_line(saved_run, corpus, tmp_path, capsys):
     output_dir, _ = tampered_copy(saved_run, tmp_path)
     code, _, err = run_cli(capsys, *train_args(corpus, output_dir, "train.max_steps=3", "model.hidden_size=16"),
