@@ -60,16 +60,11 @@ class WeightAverage:
                 for name, param in params.items():
                     param.copy_(own[name])
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: tensor.detach().cpu().contiguous() for name, tensor in self.mean.items()}
-
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], count: int) -> None:
-        """Restore a mean of ``count`` updates; its names and shapes must be the model's."""
+    def load_state_dict(self, mean: dict[str, torch.Tensor], count: int) -> None:
+        """Restore a mean of ``count`` (>= 1) updates; its names and shapes must be the model's."""
         params = dict(self.model.named_parameters())
-        expected = {name: tuple(p.shape) for name, p in params.items()}
-        got = {name: tuple(t.shape) for name, t in tensors.items()}
-        if count > 0 and got != expected:
+        if {name: tuple(t.shape) for name, t in mean.items()} != {name: tuple(p.shape) for name, p in params.items()}:
             raise CharlmError("the saved weight average does not match this model (names or shapes differ); resume "
                               "with the run's own config")
         self.count = count
-        self.mean = {name: tensors[name].to(params[name].device, params[name].dtype) for name in params} if count else {}
+        self.mean = {name: mean[name].to(params[name].device, params[name].dtype) for name in params}

@@ -277,8 +277,8 @@ class TrainConfig:
     average: str = "none"
     """'none' (the paper) or 'asgd': averaged SGD as in AWD-LSTM (NT-ASGD). At the first epoch where
     the learning rate would decay, start averaging the weights instead (a running mean over every
-    update from then on) and keep the learning rate; validation and best/ then use the averaged
-    weights (charlm/averaging.py)."""
+    update from then on) and keep the learning rate (lr_decay and min_lr no longer apply);
+    validation and best/ then use the averaged weights (charlm/averaging.py)."""
 
     seed: int = 3435
     """Random seed (the reference code's)."""

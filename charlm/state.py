@@ -81,7 +81,7 @@ def recover_checkpoints(output_dir: Path) -> None:
 def save_checkpoint(accelerator: Accelerator, output_dir: Path, progress: dict[str, Any], state: dict[str, torch.Tensor],
                     keep: int, average: dict[str, torch.Tensor] | None = None) -> None:
     """Write a resumable state: to ``step-N.tmp``, then a completeness marker, then rename.
-    ``average``: the weight average to keep with it (the same on every process), if any.
+    ``average``: the weight average to keep with it (the same on every process; empty: none).
 
     A crash at any moment leaves the newest complete state readable (see :func:`recover_checkpoints`);
     a failed write (a full disk) is a CharlmError that leaves the previous states as they were.
@@ -97,12 +97,11 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, progress: dict[s
                 shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp), safe_serialization=True)  # model, optimizer, RNG of each process
-        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in state.items()},
-                  str(tmp / f"hidden_{accelerator.process_index}.safetensors"))
+        _save_tensors(state, tmp / f"hidden_{accelerator.process_index}.safetensors")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             if average:
-                save_file(average, str(tmp / AVERAGE_FILE))
+                _save_tensors(average, tmp / AVERAGE_FILE)
             save_json(progress, tmp / PROGRESS_FILE)
             (tmp / COMPLETE_MARKER).write_text("complete\n")
     except (OSError, RuntimeError, SafetensorError) as err:  # torch.save reports a failed write as RuntimeError
@@ -122,6 +121,10 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, progress: dict[s
             (stale / COMPLETE_MARKER).unlink(missing_ok=True)  # first: a deletion cut short leaves no "complete" state
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}, str(path))
 
 
 def read_data_pickle(path: Path) -> Any:

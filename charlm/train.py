@@ -350,7 +350,7 @@ class Run:
     def checkpoint(self, epoch: int) -> None:
         self.check_finite(epoch, weights=True)
         save_checkpoint(self.accelerator, self.output_dir, dataclasses.asdict(self.progress), self.state,
-                        self.tc.keep_checkpoints, self.average.state_dict() if self.average.count else None)
+                        self.tc.keep_checkpoints, self.average.mean)
 
     def fold_counters(self, nll_sum: torch.Tensor, train_start: float) -> None:
         """Add the loss summed since the last fold (from every process) and the time to the
