@@ -12,6 +12,7 @@
 | ``rhn.py`` | :class:`RHNCore`: the Recurrent Highway Network (Zilly et al. 2017) |
 | ``output.py`` | the output layer's protocol (:class:`OutputLayer`) and :class:`FullSoftmax` |
 | ``char_softmax.py`` | :class:`CharSoftmax`: output embeddings from spellings (Jozefowicz et al. 2016) |
+| ``shards.py`` | :func:`gather_shards`: a table computed in shares by data-parallel processes, with gradients |
 | ``adaptive_softmax.py`` | :class:`AdaptiveSoftmax`: head and tail clusters for large vocabularies (Grave et al. 2017) |
 | ``fused_softmax.py`` | :func:`linear_cross_entropy`: the softmax loss in one sweep (CPU speed) |
 

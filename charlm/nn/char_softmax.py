@@ -20,7 +20,10 @@ parameters instead of ``O(V x H)``, and any word, in the vocabulary or not, has 
 of the rarest tenth of the vocabulary's: it is taken to be as rare as those).
 
 The table of every word's ``[e_w; b_w]`` is computed once per training forward pass (its gradient
-reaches the encoder), and once for a whole scoring or sampling run under :meth:`frozen`.
+reaches the encoder), and once for a whole scoring or sampling run under :meth:`frozen`. In a
+training step of a data-parallel run each process encodes only its share of the vocabulary's
+spellings and the shares are exchanged (:mod:`charlm.nn.shards`), so the table's cost per process
+falls with the number of processes instead of being paid whole by each.
 
 The table is kept centred: its mean over the vocabulary is subtracted (from the features and the
 corrections before the projection, from the free biases), which changes no probability (a
@@ -44,6 +47,7 @@ from torch import nn
 from charlm.nn.encoder import SPELLING_BLOCK, CharCNN
 from charlm.nn.fused_softmax import linear_cross_entropy
 from charlm.nn.output import OutputLayer
+from charlm.nn.shards import gather_shards, my_share, shard_count
 
 
 class _Table(NamedTuple):
@@ -123,13 +127,24 @@ class CharSoftmax(OutputLayer):
     def _table(self) -> _Table:
         if self._frozen_table is not None:
             return self._frozen_table
-        features = torch.cat([self.spelling_features(block) for block in self.spellings.split(SPELLING_BLOCK)])
+        features = self._vocabulary_features()
         feature_mean = features.mean(0)
         corrections = None if self.correction is None else self.correction.weight
         correction_mean = None if corrections is None else corrections.mean(0)
         free_bias_mean = None if self.word_bias is None else self.word_bias.mean()
         rows = self._centred_rows(features - feature_mean, corrections, correction_mean, self.word_bias, free_bias_mean)
         return _Table(rows[:, :-1], rows[:, -1], feature_mean, correction_mean, free_bias_mean)
+
+    def _vocabulary_features(self) -> torch.Tensor:
+        """Every vocabulary word's encoder features ``[V, feature_size]``; in a data-parallel
+        training step, this process's share of them, gathered with the others'."""
+        sharded = self.training and torch.is_grad_enabled() and shard_count() > 1
+        spellings = self.spellings[my_share(self.vocab_size)] if sharded else self.spellings
+        # In blocks only without gradients (scoring): with them autograd keeps every block's
+        # intermediates anyway, and one call makes fewer, larger matrix products (17% faster).
+        blocks = spellings.split(SPELLING_BLOCK) if not torch.is_grad_enabled() else [spellings]
+        features = torch.cat([self.spelling_features(block) for block in blocks])
+        return gather_shards(features, self.vocab_size) if sharded else features
 
     def _centred_rows(self, features, corrections, correction_mean, free_bias, free_bias_mean) -> torch.Tensor:
         """``[e; b]`` rows ``[N, H + 1]`` from centred features; ``corrections`` ``None`` for a
