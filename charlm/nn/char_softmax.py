@@ -141,7 +141,8 @@ class CharSoftmax(OutputLayer):
         sharded = self.training and torch.is_grad_enabled() and shard_count() > 1
         spellings = self.spellings[my_share(self.vocab_size)] if sharded else self.spellings
         # In blocks only without gradients (scoring): with them autograd keeps every block's
-        # intermediates anyway, and one call makes fewer, larger matrix products (17% faster).
+        # intermediates anyway, and one call makes fewer, larger matrix products (the training
+        # step 1.3x faster on two threads: docs/model-parts.md).
         blocks = spellings.split(SPELLING_BLOCK) if not torch.is_grad_enabled() else [spellings]
         features = torch.cat([self.spelling_features(block) for block in blocks])
         return gather_shards(features, self.vocab_size) if sharded else features
