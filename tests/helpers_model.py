@@ -116,7 +116,7 @@ def build(base: Path) -> TrainedModel:
     export_model(model, vocab, model_dir)
 
     with torch.no_grad():
-        model.output.decoder.bias[vocab.unk_id] += 12.0
+        model.output.decoder.bias[vocab.unk_id] += 30.0  # <unk> dominates every sample
     unk_model_dir = base / "unk-model"
     export_model(model, vocab, unk_model_dir)
 
