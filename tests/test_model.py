@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charlm.config import ModelConfig, load_config
+from charlm.config import ModelConfig, load_config, shipped_configs
 from charlm.model import CharLM
 from charlm.nn import CharCNN, Highway
 from charlm.nn import Dropout
@@ -261,6 +261,16 @@ def test_paper_configs_parameter_counts():
         count = CharLM(model_config, spellings).num_parameters()
         assert abs(count / target - 1) < 0.03, (name, count)
 
+
+
+@pytest.mark.parametrize("name", [n for n in shipped_configs() if "rhn" in n or "char-output" in n])
+def test_beyond_the_paper_configs_keep_their_budget(name):
+    """Issue 27's rule: a recipe at the Char-Small budget has at most 5.5M trained parameters, one
+    at the Char-Large budget at most 20M (PTB's sizes, as above)."""
+    config = load_config(name)
+    model_config = dataclasses.replace(config.model, vocab_size=10000, char_vocab_size=56, max_word_length=21)
+    count = CharLM(model_config, torch.zeros(10000, 21, dtype=torch.long)).num_parameters()
+    assert count <= (20e6 if "large" in name else 5.5e6), (name, count)
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_softmax_layer_matches_cross_entropy(dtype):
