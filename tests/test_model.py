@@ -250,27 +250,30 @@ def test_padding_gradient_when_asked_counts_in_the_clipped_norm_and_changes_noth
     assert gradients(model)["encoder.char_cnn.embedding.weight"][PAD_CHAR].abs().max() == 0
 
 
+def ptb_parameter_count(name: str) -> int:
+    """Trained parameters of a shipped config at PTB's sizes: 10,000 words, 50 characters + 6
+    reserved ids, longest word 19 + 2 markers."""
+    config = load_config(name)  # a shipped config, by name
+    model_config = dataclasses.replace(config.model, vocab_size=10000, char_vocab_size=56, max_word_length=21)
+    spellings = torch.zeros(10000, 21, dtype=torch.long) if model_config.uses_spellings else None
+    return CharLM(model_config, spellings).num_parameters()
+
+
 def test_paper_configs_parameter_counts():
     expected = {"ptb-char-small": 5.3e6, "ptb-char-large": 19.4e6, "ptb-word-small": 4.65e6, "ptb-word-large": 19.8e6,
                 "ptb-char-small-highway-2": 5.86e6}
     for name, target in expected.items():
-        config = load_config(name)  # a shipped config, by name
-        # PTB: 10,000 words, 50 characters + 6 reserved ids, longest word 19 + 2 markers
-        model_config = dataclasses.replace(config.model, vocab_size=10000, char_vocab_size=56, max_word_length=21)
-        spellings = torch.zeros(10000, 21, dtype=torch.long) if model_config.uses_spellings else None
-        count = CharLM(model_config, spellings).num_parameters()
+        count = ptb_parameter_count(name)
         assert abs(count / target - 1) < 0.03, (name, count)
-
 
 
 @pytest.mark.parametrize("name", [n for n in shipped_configs() if "rhn" in n or "char-output" in n])
 def test_beyond_the_paper_configs_keep_their_budget(name):
     """Issue 27's rule: a recipe at the Char-Small budget has at most 5.5M trained parameters, one
-    at the Char-Large budget at most 20M (PTB's sizes, as above)."""
-    config = load_config(name)
-    model_config = dataclasses.replace(config.model, vocab_size=10000, char_vocab_size=56, max_word_length=21)
-    count = CharLM(model_config, torch.zeros(10000, 21, dtype=torch.long)).num_parameters()
+    at the Char-Large budget at most 20M."""
+    count = ptb_parameter_count(name)
     assert count <= (20e6 if "large" in name else 5.5e6), (name, count)
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_softmax_layer_matches_cross_entropy(dtype):
