@@ -284,9 +284,10 @@ class TrainConfig:
     """Random seed (the reference code's)."""
 
     mixed_precision: str = "auto"
-    """'auto': bf16 where the hardware runs it fast (a CPU with AVX-512 BF16 or AMX, a GPU with
-    native bf16), else fp32; accelerate's own setting wins over 'auto' when the user made one
-    (accelerate launch --mixed_precision, or `accelerate config`). 'no', 'bf16' or 'fp16': as given."""
+    """'auto': a training step of the model is timed in fp32 and in bf16 (fp16 on a GPU without
+    bf16) on the device itself, about a second, and the faster is used; the answer is cached per
+    machine and model shape. accelerate's own setting wins over 'auto' when the user made one
+    (accelerate launch --mixed_precision, or `accelerate config`). 'no' (fp32), 'bf16' or 'fp16': as given."""
 
     num_threads: int = 0
     """CPU threads per process (0: the cores available to the process divided among the processes

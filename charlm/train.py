@@ -30,12 +30,14 @@ before anything is saved or exported.
 
 Threads and precision (:mod:`charlm.runtime`): each process uses the cores available to it divided
 among the processes on the machine (``train.num_threads`` to choose), whatever the launcher set in
-``OMP_NUM_THREADS``; ``train.mixed_precision=auto`` is bf16 where the hardware runs it fast.
+``OMP_NUM_THREADS``; ``train.mixed_precision=auto`` times a training step in fp32 and in bf16 (fp16 on
+a GPU without bf16) on the device itself and takes the faster (:mod:`charlm.runtime.precision`).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 from dataclasses import dataclass, field, fields
 import json
@@ -44,12 +46,12 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, parse_flag_from_env, set_seed
 from tqdm.auto import tqdm
 
 from charlm.averaging import WeightAverage
@@ -59,7 +61,7 @@ from charlm.corpus import TextStream, load_corpus
 from charlm.errors import CharlmError
 from charlm.model import CharLM, describe_model
 from charlm.nn import detach_state
-from charlm.runtime import StopRequest, configure_threads, launch_device_type, resolve_mixed_precision
+from charlm.runtime import AUTOCAST_DTYPES, Step, StopRequest, choose_precision, configure_threads
 from charlm.scoring import safe_exp, score_stream
 from charlm.state import (
     BEST_DIR,
@@ -119,6 +121,53 @@ def sequence_loss(nll: torch.Tensor) -> torch.Tensor:
     """Per-token losses ``[B, T]`` -> summed over the time steps, averaged over the batch rows:
     the loss whose gradient the paper clips at norm 5 (the per-token mean times seq_len)."""
     return nll.sum(dim=1).mean()
+
+
+def probe_step(model: CharLM, stream: TextStream, batch_size: int, device: torch.device) -> Step:
+    """One training step (forward and backward of the first chunk) in a given precision, on a copy
+    of ``model`` made at the first call: what ``train.mixed_precision=auto`` times."""
+    copies: list[CharLM] = []
+
+    def step(precision: str) -> None:
+        if not copies:
+            copies.append(copy.deepcopy(model).to(device).train())
+        probe = copies[0]
+        inputs, targets = (t.to(device) for t in stream.chunk(0))
+        with torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision), enabled=precision != "no"):
+            nll, _ = probe(inputs, probe.initial_state(batch_size), targets)
+        nll.sum().backward()  # the cost of training's loss (its scale does not change the work)
+        probe.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return step
+
+
+def _main_process_decides(processes: PartialState, decide: Callable[[], Any]) -> Any:
+    """``decide()`` on the main process, its result (or its CharlmError) on every process; before
+    the Accelerator exists (its settings are what is decided)."""
+    answer = [None, None]  # result, error message
+    if processes.is_main_process:
+        try:
+            answer[0] = decide()
+        except CharlmError as err:
+            answer[1] = str(err)
+    if processes.num_processes > 1:
+        broadcast_object_list(answer)
+    if answer[1] is not None:
+        raise CharlmError(answer[1])
+    return answer[0]
+
+
+def _forget_earlier_precision(precision: str) -> None:
+    """Let a second run in this Python process (a notebook, the tests) use another precision than
+    the first: accelerate keeps one state per process and refuses a change. The process group
+    (PartialState) is kept; only the AcceleratorState, which a new Accelerator rebuilds, is reset."""
+    from accelerate.state import AcceleratorState
+
+    earlier = AcceleratorState._shared_state.get("_mixed_precision")
+    if earlier is not None and earlier != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _agree(accelerator: Accelerator, value: int, reduce: str) -> int:
@@ -209,13 +258,8 @@ class Run:
     def __init__(self, config: RunConfig, data_dir: str | Path, output_dir: str | Path, resume: bool):
         tc = self.tc = config.train
         self.output_dir, self.resume = Path(output_dir), resume
-        self.accelerator = accelerator = Accelerator(
-            log_with=tracker(tc.report_to),
-            project_dir=str(self.output_dir),
-            mixed_precision=resolve_mixed_precision(tc.mixed_precision, launch_device_type()),
-            gradient_accumulation_steps=tc.gradient_accumulation_steps,
-            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
-        )
+        # The process group, as Accelerator below would make it (and then reuses); it may set threads.
+        processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
         self.threads = configure_threads(tc.num_threads)  # whatever OMP_NUM_THREADS the launcher set
         set_seed(tc.seed)  # the same seed everywhere: identical initial weights on every process
 
@@ -227,14 +271,27 @@ class Run:
         self.config = dataclasses.replace(config, model=model_config)
         model = CharLM(model_config, vocab.spellings() if model_config.uses_spellings else None)
         model.set_padding_gradient(tc.clip_padding_gradient)
+        self.rows = tc.batch_size * processes.num_processes
+        self.stream = TextStream(self.splits["train"], self.rows, tc.seq_len,
+                                 processes.process_index * tc.batch_size, tc.batch_size)
+
+        shapes = f"{describe_model(model_config)}, {len(vocab)} words, {tc.batch_size} x {tc.seq_len}"
+        self.precision = _main_process_decides(processes, lambda: choose_precision(
+            tc.mixed_precision, processes.device.type, probe_step(model, self.stream, tc.batch_size, processes.device),
+            shapes))
+        _forget_earlier_precision(self.precision.precision)
+        self.accelerator = accelerator = Accelerator(
+            log_with=tracker(tc.report_to),
+            project_dir=str(self.output_dir),
+            mixed_precision=self.precision.precision,
+            gradient_accumulation_steps=tc.gradient_accumulation_steps,
+            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+        )
         optimizer = build_optimizer(model, tc)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.raw_model: CharLM = accelerator.unwrap_model(self.model)
         self.average = WeightAverage(self.raw_model)  # runs only with train.average=asgd, once triggered
 
-        self.rows = tc.batch_size * accelerator.num_processes
-        self.stream = TextStream(self.splits["train"], self.rows, tc.seq_len,
-                                 accelerator.process_index * tc.batch_size, tc.batch_size)
         # Whole accumulation groups only, so every epoch ends on an optimizer update.
         self.chunks_per_epoch = self.stream.num_chunks - self.stream.num_chunks % tc.gradient_accumulation_steps
         self.updates_per_epoch = self.chunks_per_epoch // tc.gradient_accumulation_steps
@@ -302,7 +359,7 @@ class Run:
             f"charlm train: {self.raw_model.num_parameters():,} parameters | {describe_model(mc)} | vocab "
             f"{len(self.vocab):,} words, {len(self.vocab.chars)} chars, spellings of {self.vocab.max_word_length}\n"
             f"  {accelerator.num_processes} process(es) on {accelerator.device}, {self.threads} thread(s) each, precision "
-            f"{accelerator.mixed_precision} | {self.rows} rows x {tc.seq_len} steps = {self.rows * tc.seq_len:,} tokens "
+            f"{self.precision.describe()}\n  {self.rows} rows x {tc.seq_len} steps = {self.rows * tc.seq_len:,} tokens "
             f"per chunk, {tc.gradient_accumulation_steps} chunk(s) per update | {self.updates_per_epoch:,} updates per "
             f"epoch, {tc.max_epochs} epochs" + (f", at most {tc.max_steps} updates" if tc.max_steps else ""),
             flush=True,

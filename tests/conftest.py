@@ -64,3 +64,18 @@ def prepare_grammar_corpus(root: Path, train_lines: int, eval_lines: int) -> Pat
     assert main(["prepare", "--train-file", str(root / "train.txt"), "--valid-file", str(root / "valid.txt"),
                  "--test-file", str(root / "test.txt"), "--output-dir", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def precision_cache(tmp_path_factory: pytest.TempPathFactory):
+    """``train.mixed_precision=auto`` caches what it measured in the user's cache folder: the tests
+    (and the commands they start) use one of their own, shared by the session."""
+    import os
+
+    previous = os.environ.get("CHARLM_CACHE_DIR")
+    os.environ["CHARLM_CACHE_DIR"] = str(tmp_path_factory.mktemp("charlm-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("CHARLM_CACHE_DIR", None)
+    else:
+        os.environ["CHARLM_CACHE_DIR"] = previous

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from charlm.model import CharLM
 from charlm.nn import CORES, OUTPUTS, CharSoftmax, LockedDropout, LSTMCore, RHNCore, detach_state, expand_state
+from charlm.nn.rhn import RHNScan, rhn_reference, rhn_scan
 from charlm.scoring import score_stream
 from test_model import random_spellings, tiny_config
 
@@ -84,6 +86,76 @@ def test_rhn_dropout_masks_are_fixed_over_time():
     dropped = y[:, 0] == 0  # the units whose mask is 0 at step 1...
     assert 0 < dropped.float().mean() < 1
     assert torch.equal(y[:, 1:] == 0, dropped.unsqueeze(1).expand(3, 3, 50))  # ...stay dropped at every step
+
+
+def _scan_inputs(dtype, batch=3, steps=4, hidden=5, depth=3, masked=True):
+    """Random inputs of the fused scan and its reference: (projected, s0, mask, layers)."""
+    torch.manual_seed(1)
+    layers = [nn.Linear(hidden, 2 * hidden).to(dtype) for _ in range(depth)]
+    projected = torch.randn(batch, steps, 2 * hidden, dtype=dtype, requires_grad=True)
+    s0 = torch.randn(batch, hidden, dtype=dtype, requires_grad=True)
+    mask = (torch.rand(batch, hidden) > 0.3).to(dtype) * 2.0 if masked else None
+    return projected, s0, mask, layers
+
+
+def _scan_grads(scan, projected, s0, mask, layers):
+    """The outputs of ``scan`` and the gradients of a loss that uses every output and the last state."""
+    outputs, last = scan(projected, s0, mask, layers)
+    weights = torch.linspace(-1, 1, outputs.numel(), dtype=outputs.dtype).view_as(outputs)
+    loss = (outputs * weights).sum() + (last ** 2).sum()
+    params = [projected, s0] + [p for layer in layers for p in layer.parameters()]
+    return outputs, last, torch.autograd.grad(loss, params)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_rhn_fused_scan_matches_the_step_by_step_loop(masked):
+    """The one-node scan (hand-written backward) against autograd through the plain loop, float32:
+    the same forward pass to the bit (the same operations in the same order) and the same gradients
+    up to rounding."""
+    inputs = _scan_inputs(torch.float32, masked=masked)
+    out_ref, last_ref, grads_ref = _scan_grads(rhn_reference, *inputs)
+    out, last, grads = _scan_grads(rhn_scan, *inputs)
+    assert torch.equal(out, out_ref) and torch.equal(last, last_ref)
+    for grad, grad_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_rhn_fused_scan_passes_a_double_precision_gradient_check():
+    projected, s0, mask, layers = _scan_inputs(torch.float64, batch=2, steps=3, hidden=3, depth=2)
+    params = [p for layer in layers for p in (layer.weight, layer.bias)]
+    assert torch.autograd.gradcheck(lambda *a: RHNScan.apply(a[0], a[1], mask, None, *a[2:]),
+                                    (projected, s0, *params))
+
+
+def test_rhn_fused_scan_under_bf16_autocast_stays_near_the_loop():
+    """Under autocast both run the products in bf16 and keep the state in float32: they agree to
+    bf16 rounding (a few per cent on gradients summed over a chunk), not to the bit."""
+    inputs = _scan_inputs(torch.float32, steps=6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_ref, _, grads_ref = _scan_grads(rhn_reference, *inputs)
+        out, _, grads = _scan_grads(rhn_scan, *inputs)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, out_ref, rtol=2e-2, atol=2e-2)
+    for grad, grad_ref in zip(grads, grads_ref):
+        assert grad.dtype == grad_ref.dtype
+        assert (grad.float() - grad_ref.float()).norm() <= 0.05 * grad_ref.float().norm() + 1e-3
+
+
+def test_rhn_core_fused_and_unfused_train_the_same():
+    """The switch the core exposes: with state dropout on, both paths take the same mask and give
+    the same outputs and the same parameter gradients."""
+    cores = []
+    for fused in (True, False):
+        torch.manual_seed(2)
+        core = RHNCore(input_size=4, hidden_size=6, depth=2, state_dropout=0.3, input_dropout=0.2, fused=fused).train()
+        torch.manual_seed(3)
+        y, state = core(torch.randn(2, 5, 4), core.initial_state(2))
+        (y.sum() + state["s"].sum()).backward()
+        cores.append((y, core))
+    (y_fused, fused), (y_loop, loop) = cores
+    assert torch.equal(y_fused, y_loop)
+    for p_fused, p_loop in zip(fused.parameters(), loop.parameters()):
+        torch.testing.assert_close(p_fused.grad, p_loop.grad, rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- dropout variants

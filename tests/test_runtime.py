@@ -1,4 +1,4 @@
-"""charlm.runtime: thread counts, mixed precision and stopping together, under the real launchers.
+"""charlm.runtime: thread counts and stopping together, under the real launchers (precision: test_precision.py).
 
 The unit tests call the functions directly. The slow ones start real processes: `python -m
 charlm.runtime` under each way of launching (it prints the thread count a run would use), a pair of
@@ -10,7 +10,6 @@ in charlm knows about it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -26,7 +25,8 @@ from conftest import prepare_grammar_corpus
 
 import charlm.runtime as runtime
 from charlm.errors import CharlmError
-from charlm.runtime import configure_threads, resolve_mixed_precision
+from charlm.runtime import configure_threads
+from charlm.runtime.stop import EXIT_PEER_FAILED
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -110,79 +110,6 @@ def test_every_launcher_gets_the_available_cores_divided_among_its_processes(tmp
         assert seen == expected, (name, done.stdout)
 
 
-# ------------------------------------------------------------------------------ precision
-
-
-def cpu_flags() -> set[str]:
-    return set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else set()
-
-
-def launched_with(*options: str) -> argparse.Namespace:
-    from accelerate.commands.launch import launch_command_parser
-
-    return launch_command_parser().parse_args([*options, "scripts/train.py", "--config", "x.yaml"])
-
-
-def test_auto_is_bf16_exactly_where_the_cpu_has_bf16_instructions(no_launcher):
-    fast = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})  # this machine, read independently
-    assert resolve_mixed_precision("auto", "cpu") == ("bf16" if fast else "no")
-    assert resolve_mixed_precision("", "cpu") == resolve_mixed_precision("auto", "cpu")  # older configs
-    no_launcher.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_f": True, "avx512_bf16": False})
-    assert resolve_mixed_precision("auto", "cpu") == "no"  # AVX-512 without BF16 only emulates bf16
-    no_launcher.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
-    assert resolve_mixed_precision("auto", "cpu") == "bf16"
-    if not torch.cuda.is_available():
-        assert resolve_mixed_precision("auto", "cuda") == "no"
-
-
-def test_explicit_values_and_accelerates_choice_win_over_auto(no_launcher, tmp_path):
-    for value in ("no", "bf16", "fp16"):
-        no_launcher.setenv("ACCELERATE_MIXED_PRECISION", "bf16" if value != "bf16" else "no")
-        assert resolve_mixed_precision(value, "cpu") == value  # the config's explicit value first
-    no_launcher.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # never the launcher's default: a choice
-    assert resolve_mixed_precision("auto", "cpu") == "fp16"
-
-    # 'no' is also what the launcher writes when given nothing: its command line tells them apart.
-    no_launcher.setenv("ACCELERATE_MIXED_PRECISION", "no")
-    no_launcher.setattr("accelerate.commands.config.default_config_file", str(tmp_path / "none.yaml"))
-    hardware = "bf16" if runtime.cpu_has_fast_bf16() else "no"
-    for options, expected in [(["--num_processes", "1"], hardware),
-                              (["--mixed_precision", "no", "--num_processes", "1"], "no"),
-                              (["--config_file", "my.yaml"], "no")]:
-        no_launcher.setattr(runtime, "accelerate_launch_arguments", lambda: launched_with(*options))
-        assert resolve_mixed_precision("auto", "cpu") == expected, options
-    (tmp_path / "default.yaml").write_text("mixed_precision: 'no'\n")  # written by `accelerate config`
-    no_launcher.setattr("accelerate.commands.config.default_config_file", str(tmp_path / "default.yaml"))
-    no_launcher.setattr(runtime, "accelerate_launch_arguments", lambda: launched_with("--num_processes", "1"))
-    assert resolve_mixed_precision("auto", "cpu") == "no"
-    no_launcher.setattr(runtime, "accelerate_launch_arguments", lambda: None)  # set by hand, no launcher
-    assert resolve_mixed_precision("auto", "cpu") == "no"
-
-    with pytest.raises(CharlmError, match="must be one of auto, no, bf16, fp16"):
-        resolve_mixed_precision("fp32", "cpu")
-
-
-def test_the_launchers_command_line_is_recognised():
-    after = runtime._after_launch_command
-    assert after(["/usr/bin/python", "-m", "accelerate.commands.launch", "--cpu", "t.py"]) == ["--cpu", "t.py"]
-    assert after(["/usr/bin/python3", "/venv/bin/accelerate", "launch", "t.py", "--x"]) == ["t.py", "--x"]
-    assert after(["/venv/bin/accelerate-launch", "--num_processes", "2", "t.py"]) == ["--num_processes", "2", "t.py"]
-    assert after(["/usr/bin/python", "scripts/train.py", "--config", "launch"]) is None
-    assert after(["/venv/bin/accelerate", "config"]) is None
-
-
-@pytest.mark.slow
-def test_precision_under_the_real_launcher(tmp_path):
-    """`accelerate launch` without --mixed_precision leaves the choice to auto; with it, it wins."""
-    hardware = "bf16" if bool(cpu_flags() & {"avx512_bf16", "amx_bf16"}) else "no"
-    home = {"HF_HOME": str(tmp_path)}  # no accelerate config file
-    for options, expected in [([], hardware), (["--mixed_precision", "no"], "no")]:
-        done = subprocess.run([*LAUNCH, "--num_processes", "1", *options, "-m", "charlm.runtime"], env=env(**home),
-                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert f"precision auto -> {expected} " in done.stdout, (options, done.stdout)
-
-
 # ------------------------------------------------------------------------------ stopping together
 
 # Two plain processes sharing a store, as a launcher's processes do; process 1 does what ACTION says.
@@ -234,7 +161,7 @@ def test_an_error_in_one_process_ends_the_other_quietly(tmp_path):
     (first, second), go, _store = start_pair(tmp_path, "raise")
     go.touch()
     assert second.wait(timeout=60) == 1
-    assert first.wait(timeout=60) == runtime.EXIT_PEER_FAILED  # by itself: no launcher signals it here
+    assert first.wait(timeout=60) == EXIT_PEER_FAILED  # by itself: no launcher signals it here
     errors = second.stderr.read() + first.stderr.read()
     assert errors.count("RuntimeError: the error of process 1") == 1 and errors.count("Traceback") == 1, errors
     assert "stopping every process without saving: process 1 failed" in errors
@@ -246,7 +173,7 @@ def test_a_killed_process_ends_the_other_once_the_launcher_signals_it(tmp_path):
     go.touch()
     assert second.wait(timeout=60) == -signal.SIGKILL
     first.send_signal(signal.SIGTERM)  # what the launcher does to the others
-    assert first.wait(timeout=60) == runtime.EXIT_PEER_FAILED
+    assert first.wait(timeout=60) == EXIT_PEER_FAILED
     output = first.stdout.read()
     assert "saved and stopped" not in output and "process 1 stopped responding" in first.stderr.read()
 
@@ -313,6 +240,7 @@ def test_a_failure_on_one_of_two_training_processes_stops_both(corpus, tmp_path,
             str(REPO / "scripts" / "train.py"), "--config", str(TINY), "--data-dir", str(corpus),
             "--output-dir", str(tmp_path / "run"), *SMALL, "train.max_epochs=3"]
     done = subprocess.run(argv, env=child_env, capture_output=True, text=True, timeout=600)
+    assert stamp.is_file(), done.stderr[-3000:]
     seconds = time.time() - float(stamp.read_text())
     output = done.stdout + done.stderr
     print(f"{how} in {where} on process {rank}: every process ended {seconds:.1f} s after the failure")
