@@ -35,7 +35,8 @@ from charlm.evaluate import (
     add_model_arguments, add_source_arguments, corpus_split_ids, load_checkpoint, main_process_only, read_text_lines,
 )
 from charlm.model import CharLM
-from charlm.plots import MATPLOTLIB_MISSING, atomic_open, new_figure, save_figure
+from charlm.io import atomic_open
+from charlm.plots import MATPLOTLIB_MISSING, new_figure, save_figure
 from charlm.vocab import EOS_WORD, UNK_WORD, Vocabulary
 
 STAGES = ("cnn", "highway")

@@ -43,7 +43,6 @@ import argparse
 import dataclasses
 import json
 import math
-import platform
 import re
 import resource
 import statistics
@@ -61,6 +60,7 @@ from charlm.model import CharLM
 from charlm.nn import detach_state, resolve_cutoffs
 from charlm.generate import SamplingOptions, sample
 from charlm.memory import keep_freed_memory
+from charlm.runtime import device_name, source_commit
 from charlm.evaluate import DEFAULTS as EVAL_DEFAULTS
 from charlm.scoring import score_columns, score_stream
 from charlm.vocab import PAD_CHAR
@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
 
     vocab, splits, _ = load_corpus(args.data_dir)
     machine = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": device_name("cpu"),
+        "commit": source_commit(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "allocator": allocator,

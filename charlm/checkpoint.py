@@ -26,7 +26,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import charlm
-from charlm.config import model_config_from_json, save_json
+from charlm.config import model_config_from_json
+from charlm.io import save_json
 from charlm.errors import CharlmError
 from charlm.model import CharLM, upgrade_state_dict
 from charlm.vocab import Vocabulary
@@ -106,6 +107,18 @@ def error_reason(err: BaseException) -> str:
         return err.strerror
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def training_record(directory: str | Path) -> dict[str, Any]:
+    """The ``"run"`` record an exported model carries (config, parameters, epochs, seed, precision,
+    device, commit: see :func:`charlm.runtime.run_record`); {} for a model exported before it was kept."""
+    from charlm.hub import resolve_model_dir
+
+    try:
+        config = json.loads((resolve_model_dir(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config.get("run", {})
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[CharLM, Vocabulary]:

@@ -52,6 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from charlm.errors import CharlmError
+from charlm.io import save_json
+from charlm.runtime import device_name, source_commit
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_JSON = Path("runs") / "benchmark-commands.json"
@@ -222,22 +224,14 @@ def run(args: argparse.Namespace) -> int:
     report = {"config": str(config_path), "data_dir": str(args.data_dir), "overrides": args.overrides,
               "warmup": args.warmup, "updates": args.updates,
               "machine": {"cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                          else os.cpu_count(), "processor": _cpu_name(),
-                          "python": platform.python_version(), "torch": _torch_version()},
+                          else os.cpu_count(), "processor": device_name("cpu"),
+                          "python": platform.python_version(), "torch": _torch_version(), "commit": source_commit()},
               "results": results}
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    save_json(report, path)
     print(f"written: {path}")
     return 1 if any("error" in r for r in results) else 0
-
-
-def _cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
 
 
 def _torch_version() -> str:

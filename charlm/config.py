@@ -36,7 +36,7 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid", "identity")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DECAY_COMPARE = ("previous", "best")
 AVERAGES = ("none", "asgd")
-MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+MIXED_PRECISION = ("auto", "no", "fp32", "bf16", "fp16")  # "fp32" is "no" (accelerate's name)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 """The configs shipped in the package; ``--config NAME`` reads ``CONFIG_DIR / NAME.yaml``."""
 
@@ -287,7 +287,7 @@ class TrainConfig:
     """'auto': a training step of the model is timed in fp32 and in bf16 (fp16 on a GPU without
     bf16) on the device itself, about a second, and the faster is used; the answer is cached per
     machine and model shape. accelerate's own setting wins over 'auto' when the user made one
-    (accelerate launch --mixed_precision, or `accelerate config`). 'no' (fp32), 'bf16' or 'fp16': as given."""
+    (accelerate launch --mixed_precision, or `accelerate config`). 'fp32' (or 'no'), 'bf16' or 'fp16': as given."""
 
     num_threads: int = 0
     """CPU threads per process (0: the cores available to the process divided among the processes
@@ -489,14 +489,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise CharlmError(f"config file {path} must be a mapping with 'model' and/or 'train' sections")
     apply_overrides(values, overrides or [])
     return config_from_dict(values)
-
-
-def save_json(obj: dict[str, Any], path: str | Path) -> None:
-    """Write JSON to a temporary name, then rename: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def model_config_from_json(path: str | Path) -> ModelConfig:

@@ -43,7 +43,8 @@ import torch
 from charlm.analysis import CHUNK_WORDS, STAGES, in_vocabulary, represent_words
 from charlm.errors import CharlmError
 from charlm.evaluate import add_model_arguments, load_checkpoint, main_process_only
-from charlm.plots import atomic_open, check_output_path
+from charlm.io import atomic_open
+from charlm.plots import check_output_path
 from charlm.vocab import Vocabulary
 
 if TYPE_CHECKING:

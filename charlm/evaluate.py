@@ -36,11 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from charlm.checkpoint import load_model
+from charlm.checkpoint import load_model, training_record
 from charlm.errors import CharlmError
 from charlm.model import CharLM
-from charlm.plots import atomic_open, check_output_path
-from charlm.runtime import configure_threads
+from charlm.io import atomic_open
+from charlm.plots import check_output_path
+from charlm.runtime import configure_threads, device_name
 from charlm.scoring import score_columns, score_stream
 from charlm.vocab import Vocabulary
 
@@ -358,8 +359,10 @@ def run(args: argparse.Namespace) -> int:
     source = {"text_file": str(args.text_file)} if args.text_file else {"data_dir": str(args.data_dir),
                                                                         "split": args.split}
     if args.json:
+        trained = {**training_record(args.checkpoint), "parameters": model.num_parameters()}
         print(json.dumps({**result, **spelled, "checkpoint": str(args.checkpoint), **source,
-                          "processes": process_state().num_processes}))
+                          "processes": process_state().num_processes, "scored_on": device_name(model.device.type),
+                          "model": trained}))
     else:
         print(format_result(result))
         if spelled.get("oov_tokens"):

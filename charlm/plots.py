@@ -15,25 +15,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from charlm.errors import CharlmError
+from charlm.io import atomic_open
 
 MATPLOTLIB_MISSING = "matplotlib is not installed (pip install 'charlm[plot]')"
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open ``path + '.tmp'`` for writing and rename it onto ``path`` only if the block succeeds.
-
-    A reader (or a crash) never sees half a file, and a failure leaves no file behind.
-    """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    encoding = None if "b" in mode else "utf-8"
-    try:
-        with open(tmp, mode, encoding=encoding, newline="" if encoding else None) as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def check_output_path(path: str | Path) -> Path:

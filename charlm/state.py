@@ -35,7 +35,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from charlm.checkpoint import error_reason
-from charlm.config import ModelConfig, TrainConfig, config_from_dict, save_json
+from charlm.config import ModelConfig, TrainConfig, config_from_dict
+from charlm.io import atomic_write_text, save_json
 from charlm.errors import CharlmError
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -228,9 +229,7 @@ def drop_later_records(metrics: Path, step: int) -> None:
     lines = metrics.read_text(encoding="utf-8").splitlines()
     kept = [line for line in lines if _record_step(line) <= step]
     if len(kept) != len(lines):
-        tmp = metrics.with_name(metrics.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        tmp.replace(metrics)
+        atomic_write_text(metrics, "".join(line + "\n" for line in kept))
 
 
 def _record_step(line: str) -> float:

@@ -56,12 +56,13 @@ from tqdm.auto import tqdm
 
 from charlm.averaging import WeightAverage
 from charlm.checkpoint import export_model, non_finite, recover_export
-from charlm.config import RunConfig, TrainConfig, describe_fields, load_config, save_json
+from charlm.config import RunConfig, TrainConfig, describe_fields, load_config
+from charlm.io import save_json
 from charlm.corpus import TextStream, load_corpus
 from charlm.errors import CharlmError
 from charlm.model import CharLM, describe_model
 from charlm.nn import detach_state
-from charlm.runtime import AUTOCAST_DTYPES, Step, StopRequest, choose_precision, configure_threads
+from charlm.runtime import AUTOCAST_DTYPES, Step, StopRequest, choose_precision, configure_threads, run_record
 from charlm.scoring import safe_exp, score_stream
 from charlm.state import (
     BEST_DIR,
@@ -255,9 +256,10 @@ class Run:
     steps: :meth:`update` (one chunk), :meth:`end_epoch` (validate, export, record, learning-rate
     rule), :meth:`checkpoint`. :func:`train` drives them."""
 
-    def __init__(self, config: RunConfig, data_dir: str | Path, output_dir: str | Path, resume: bool):
+    def __init__(self, config: RunConfig, data_dir: str | Path, output_dir: str | Path, resume: bool,
+                 config_name: str | None = None):
         tc = self.tc = config.train
-        self.output_dir, self.resume = Path(output_dir), resume
+        self.output_dir, self.resume, self.config_name = Path(output_dir), resume, config_name
         # The process group, as Accelerator below would make it (and then reuses); it may set threads.
         processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
         self.threads = configure_threads(tc.num_threads)  # whatever OMP_NUM_THREADS the launcher set
@@ -474,8 +476,12 @@ class Run:
     def write_record(self, record: EpochRecord, improved: bool) -> None:
         """Main process: export best/ if validation improved, append the record, print it."""
         if improved:
+            identity = run_record(config=self.config_name, parameters=self.raw_model.num_parameters(),
+                                  epoch=record.epoch, seed=self.tc.seed, precision=self.precision.name,
+                                  device_type=self.accelerator.device.type, processes=self.accelerator.num_processes)
             export_model(self.raw_model, self.vocab, self.output_dir / BEST_DIR, extra={
-                "train": dataclasses.asdict(self.tc), "valid_ppl": record.valid_ppl, "epoch": record.epoch})
+                "train": dataclasses.asdict(self.tc), "valid_ppl": record.valid_ppl, "epoch": record.epoch,
+                "run": identity})
         try:
             with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as f:
                 values = {key: value for key, value in dataclasses.asdict(record).items() if value is not None}
@@ -508,10 +514,12 @@ class Run:
             self.accelerator.log(values, step=progress.global_step)
 
 
-def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resume: bool = False,
+          config_name: str | None = None) -> dict[str, Any]:
     """Train a model; returns a summary (best validation perplexity, steps, seconds, and
-    ``stopped_by``: the number of the signal that stopped the run early, else 0)."""
-    run = Run(config, data_dir, output_dir, resume)
+    ``stopped_by``: the number of the signal that stopped the run early, else 0). ``config_name``
+    (the ``--config`` given) is recorded with the exported model."""
+    run = Run(config, data_dir, output_dir, resume, config_name)
     run.prepare_output()
     run.restore()
     run.print_summary()
@@ -621,5 +629,5 @@ def run(args: argparse.Namespace) -> int:
     """Exit status: 0 when done; 128 + the signal's number when SIGINT (130) or SIGTERM (143) stopped
     the run after saving a resumable state, as a shell reports a process killed by that signal."""
     config = load_config(args.config, args.overrides)
-    summary = train(config, args.data_dir, args.output_dir, resume=args.resume)
+    summary = train(config, args.data_dir, args.output_dir, resume=args.resume, config_name=args.config)
     return 128 + summary["stopped_by"] if summary["stopped_by"] else 0

@@ -50,6 +50,7 @@ from tokenizers import Regex, Tokenizer, pre_tokenizers
 from tokenizers.models import WordLevel
 
 from charlm.errors import CharlmError
+from charlm.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -761,9 +762,9 @@ class Vocabulary:
             "words": self.words,
             "chars": self.chars,
         }
-        _write_atomic(directory / self._backend.file_name, self._backend.to_bytes())
+        atomic_write_bytes(directory / self._backend.file_name, self._backend.to_bytes())
         text = json.dumps(description, indent=1, ensure_ascii=False) + "\n"
-        _write_atomic(directory / VOCAB_FILE, text.encode("utf-8"))
+        atomic_write_bytes(directory / VOCAB_FILE, text.encode("utf-8"))
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Vocabulary":
@@ -807,13 +808,3 @@ class Vocabulary:
 def _check_value(key: str, value, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{key!r} must be one of {', '.join(choices)}, not {value!r}")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary name beside ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from charlm.errors import CharlmError
+from charlm.io import atomic_open
 
 ZIPF_SHIFT = 2.7  # the Mandelbrot shift: flattens the head of the distribution, as in real text
 MIN_WORD_LETTERS = 2
@@ -82,18 +83,13 @@ def write_synthetic_file(path: str | os.PathLike, words: list[str], tokens: int,
     ``stream`` picks an independent random stream of the same seed (one per file)."""
     path = Path(path)
     rng = np.random.default_rng([seed, 1, stream])
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     progress = tqdm(total=tokens, desc=f"writing {path.name}", unit="tok", unit_scale=True,
                     delay=PROGRESS_DELAY_S, leave=False)
-    try:
-        with open(tmp, "w", encoding="ascii", newline="\n") as out, progress:
-            for text, n in synthetic_text(words, zipf_cdf(len(words), exponent), tokens,
-                                          mean_line_tokens, rng):
-                out.write(text)
-                progress.update(n)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "w") as out, progress:  # ASCII text: the same bytes in UTF-8
+        for text, n in synthetic_text(words, zipf_cdf(len(words), exponent), tokens,
+                                      mean_line_tokens, rng):
+            out.write(text)
+            progress.update(n)
 
 
 def make_synthetic_corpus(*, tokens: int, vocab_size: int = 100_000, seed: int = 0, output: str | None = None,

@@ -100,8 +100,9 @@ def test_explicit_values_and_accelerates_choice_win_without_measuring(measured, 
     assert choose_precision("auto", "cpu", step=never_called).precision == "no"
     assert measured == ["bf16"]  # measured once: the answer was cached
 
-    with pytest.raises(CharlmError, match="must be one of auto, no, bf16, fp16"):
-        choose_precision("fp32", "cpu")
+    assert choose_precision("fp32", "cpu", step=never_called).precision == "no"  # a user's name for it
+    with pytest.raises(CharlmError, match="must be one of auto, no, fp32, bf16, fp16"):
+        choose_precision("fp64", "cpu")
 
 
 def test_the_candidate_is_bf16_on_a_cpu_and_fp16_on_a_gpu_without_bf16(monkeypatch):

@@ -140,6 +140,25 @@ def test_max_steps_still_validates_and_exports(corpus, tmp_path):
     assert (out / "best" / "model.safetensors").is_file()
 
 
+def test_a_test_record_names_the_run_it_scores(corpus, tmp_path, capsys):
+    """``perplexity --json`` on best/ carries the identity the training run exported with it."""
+    from charlm.checkpoint import load_model
+    from charlm.runtime import device_name, source_commit
+
+    out = tmp_path / "named"
+    assert run_train(corpus, out, "train.max_epochs=1", "train.seed=7", "train.mixed_precision=fp32") == 0
+    capsys.readouterr()
+    assert main(["perplexity", "--checkpoint", str(out / "best"), "--data-dir", str(corpus), "--split", "test",
+                 "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    trained = record["model"]
+    assert trained["config"] == str(TINY) and trained["seed"] == 7 and trained["epochs"] == 1
+    assert trained["precision"] == "fp32" and trained["processes"] == 1
+    assert trained["device"] == record["scored_on"] == device_name("cpu")
+    assert trained["commit"] == source_commit()
+    assert trained["parameters"] == load_model(out / "best")[0].num_parameters() > 0
+
+
 def test_clip_padding_gradient_lets_the_row_learn_then_zeroes_it_after_every_update(corpus, tmp_path, monkeypatch):
     # How the row's gradient enters the clipped norm is checked in test_model; here, that training
     # turns it on and puts the row back to zero after each update, and only when asked.

@@ -56,14 +56,20 @@ class PrecisionChoice:
     reason: str
     """Why, in the words of the run header."""
 
+    @property
+    def name(self) -> str:
+        """The precision as records write it: ``fp32``, ``bf16``, ``fp16``."""
+        return "fp32" if self.precision == "no" else self.precision
+
     def describe(self) -> str:
-        name = "fp32" if self.precision == "no" else self.precision
-        return f"{name} ({self.reason})"
+        return f"{self.name} ({self.reason})"
 
 
 def check_precision(value: str) -> str:
     """``train.mixed_precision`` normalised (the empty string of older configs is ``auto``)."""
     value = (value or "auto").strip().lower()
+    if value == "fp32":
+        return "no"  # accelerate's name for it
     if value not in PRECISIONS:
         raise CharlmError(f"train.mixed_precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
     return value
