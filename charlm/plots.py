@@ -7,12 +7,9 @@ needs it and never changes the backend of a program that already uses pyplot.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from charlm.errors import CharlmError
 from charlm.io import atomic_open

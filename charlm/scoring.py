@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from charlm.model import CharLM
