@@ -32,10 +32,15 @@ import torch.nn.functional as F
 
 from charlm.errors import CharlmError
 from charlm.evaluate import (
-    add_model_arguments, add_source_arguments, corpus_split_ids, load_checkpoint, main_process_only, read_text_lines,
+    add_model_arguments,
+    add_source_arguments,
+    corpus_split_ids,
+    load_checkpoint,
+    main_process_only,
+    read_text_lines,
 )
-from charlm.model import CharLM
 from charlm.io import atomic_open
+from charlm.model import CharLM
 from charlm.plots import MATPLOTLIB_MISSING, new_figure, save_figure
 from charlm.vocab import EOS_WORD, UNK_WORD, Vocabulary
 
@@ -92,8 +97,12 @@ def represent_words(
 @torch.inference_mode()
 def vocabulary_representations(model: CharLM, vocab: Vocabulary, stage: str = "highway") -> torch.Tensor:
     """:func:`represent_words` of every vocabulary word, ``[V, D]``, in vocabulary order."""
-    return torch.cat([represent_words(model, vocab, vocab.words[i : i + CHUNK_WORDS], stage)
-                      for i in range(0, len(vocab), CHUNK_WORDS)])
+    return torch.cat(
+        [
+            represent_words(model, vocab, vocab.words[i : i + CHUNK_WORDS], stage)
+            for i in range(0, len(vocab), CHUNK_WORDS)
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------- neighbours
@@ -158,8 +167,7 @@ def format_neighbors(results: list[dict[str, Any]]) -> str:
         columns = [[f"{n['word']}  {n['similarity']:.3f}" for n in result["neighbors"][s]] for s in stages]
         widths = [max(len(s), *(len(cell) for cell in column)) for s, column in zip(stages, columns)]
         status = "in vocabulary" if result["in_vocabulary"] else "not in vocabulary"
-        lines = [f"{result['word']} ({status})",
-                 "     " + "   ".join(s.ljust(w) for s, w in zip(stages, widths))]
+        lines = [f"{result['word']} ({status})", "     " + "   ".join(s.ljust(w) for s, w in zip(stages, widths))]
         for rank, cells in enumerate(zip(*columns), start=1):
             lines.append(f"{rank:>3}. " + "   ".join(cell.ljust(w) for cell, w in zip(cells, widths)))
         blocks.append("\n".join(line.rstrip() for line in lines))
@@ -168,12 +176,20 @@ def format_neighbors(results: list[dict[str, Any]]) -> str:
 
 def add_neighbors_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("words", nargs="+", metavar="WORD",
-                        help="words to look up, in the vocabulary or not (e.g. computer-aided, looooook)")
+    parser.add_argument(
+        "words",
+        nargs="+",
+        metavar="WORD",
+        help="words to look up, in the vocabulary or not (e.g. computer-aided, looooook)",
+    )
     parser.add_argument("-k", type=int, default=DEFAULTS.k, help="neighbours listed per word")
-    parser.add_argument("--stage", choices=(*STAGES, "both"), default=DEFAULTS.stage,
-                        help="compare representations after the highway layers (the paper's Table 6), "
-                             "straight from the char-CNN, or show both")
+    parser.add_argument(
+        "--stage",
+        choices=(*STAGES, "both"),
+        default=DEFAULTS.stage,
+        help="compare representations after the highway layers (the paper's Table 6), "
+        "straight from the char-CNN, or show both",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -316,16 +332,22 @@ def format_gates(activity: GateActivity) -> str:
     dims = activity.mean.shape[1]
     lines = []
     for i, (mean, carry) in enumerate(zip(activity.mean.mean(axis=1), activity.carry_fraction), start=1):
-        lines.append(f"layer {i}: mean t {mean:.3f} | of {dims} dimensions {carry:.1%} mostly carry (mean t < 0.5), "
-                     f"{1 - carry:.1%} mostly transform")
+        lines.append(
+            f"layer {i}: mean t {mean:.3f} | of {dims} dimensions {carry:.1%} mostly carry (mean t < 0.5), "
+            f"{1 - carry:.1%} mostly transform"
+        )
     return "\n".join(lines)
 
 
 def add_gates_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_source_arguments(parser)
-    parser.add_argument("--output", required=True, metavar="PREFIX",
-                        help="writes PREFIX.png (heatmap), PREFIX.csv (dimension x layer) and PREFIX.json")
+    parser.add_argument(
+        "--output",
+        required=True,
+        metavar="PREFIX",
+        help="writes PREFIX.png (heatmap), PREFIX.csv (dimension x layer) and PREFIX.json",
+    )
 
 
 def check_output_prefix(prefix: str | Path) -> None:
@@ -350,8 +372,10 @@ def run_gates(args: argparse.Namespace) -> int:
         counts = ids_word_counts(vocab, corpus_split_ids(vocab, args.data_dir, args.split))
     activity = gate_activity(model, vocab, counts)
     written = write_gate_files(activity, args.output)
-    print(f"{activity.tokens:,} tokens, {activity.distinct_words:,} distinct words "
-          f"({activity.unknown_tokens:,} tokens not in the vocabulary)")
+    print(
+        f"{activity.tokens:,} tokens, {activity.distinct_words:,} distinct words "
+        f"({activity.unknown_tokens:,} tokens not in the vocabulary)"
+    )
     print(format_gates(activity))
     print("wrote " + ", ".join(str(p) for p in written))
     if not any(p.suffix == ".png" for p in written):

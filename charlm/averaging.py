@@ -64,7 +64,9 @@ class WeightAverage:
         """Restore a mean of ``count`` (>= 1) updates; its names and shapes must be the model's."""
         params = dict(self.model.named_parameters())
         if {name: tuple(t.shape) for name, t in mean.items()} != {name: tuple(p.shape) for name, p in params.items()}:
-            raise CharlmError("the saved weight average does not match this model (names or shapes differ); resume "
-                              "with the run's own config")
+            raise CharlmError(
+                "the saved weight average does not match this model (names or shapes differ); resume "
+                "with the run's own config"
+            )
         self.count = count
         self.mean = {name: mean[name].to(params[name].device, params[name].dtype) for name in params}

@@ -56,12 +56,12 @@ from torch import nn
 
 from charlm.config import ModelConfig, load_config
 from charlm.corpus import load_corpus
-from charlm.model import CharLM
-from charlm.nn import detach_state, resolve_cutoffs
+from charlm.evaluate import DEFAULTS as EVAL_DEFAULTS
 from charlm.generate import SamplingOptions, sample
 from charlm.memory import keep_freed_memory
+from charlm.model import CharLM
+from charlm.nn import detach_state, resolve_cutoffs
 from charlm.runtime import device_name, source_commit
-from charlm.evaluate import DEFAULTS as EVAL_DEFAULTS
 from charlm.scoring import score_columns, score_stream
 from charlm.vocab import PAD_CHAR
 
@@ -140,7 +140,10 @@ def matmul_rate(dtype: torch.dtype, m=700, k=300, n=10000, repeats=10) -> float:
 def make_batches(train_ids: np.ndarray, n: int, batch: int, steps: int, seed: int = 0) -> list[torch.Tensor]:
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, len(train_ids) - steps - 2, size=(n, batch))
-    return [torch.from_numpy(np.stack([np.asarray(train_ids[s : s + steps + 1], dtype=np.int64) for s in row])) for row in starts]
+    return [
+        torch.from_numpy(np.stack([np.asarray(train_ids[s : s + steps + 1], dtype=np.int64) for s in row]))
+        for row in starts
+    ]
 
 
 def train_stepper(model: nn.Module, batches: list[torch.Tensor], fused: bool, bf16: bool):
@@ -158,7 +161,12 @@ def train_stepper(model: nn.Module, batches: list[torch.Tensor], fused: bool, bf
                 loss = nll.sum(1).mean()
             else:
                 logits, h = model(x, h)
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view_as(y).sum(1).mean()
+                loss = (
+                    F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")
+                    .view_as(y)
+                    .sum(1)
+                    .mean()
+                )
         optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -207,7 +215,9 @@ def load_config_ref(ref: str) -> ModelConfig:
 
 def benchmark_config(name: str, vocab, splits, args) -> dict:
     config = load_config_ref(name)
-    config = dataclasses.replace(config, vocab_size=len(vocab), char_vocab_size=len(vocab.chars), max_word_length=vocab.max_word_length)
+    config = dataclasses.replace(
+        config, vocab_size=len(vocab), char_vocab_size=len(vocab.chars), max_word_length=vocab.max_word_length
+    )
     spellings = vocab.spellings()
     torch.manual_seed(0)
     charlm_model = CharLM(config, spellings)
@@ -219,8 +229,11 @@ def benchmark_config(name: str, vocab, splits, args) -> dict:
         "charlm fp32": lambda: train_stepper(charlm_model, batches, fused=True, bf16=False),
         "charlm bf16": lambda: train_stepper(CharLM(config, spellings), batches, fused=True, bf16=True),
     }
-    steppers = {k: make() for k, make in steppers.items()
-                if k in args.implementations and (comparable or not k.startswith("plain"))}
+    steppers = {
+        k: make()
+        for k, make in steppers.items()
+        if k in args.implementations and (comparable or not k.startswith("plain"))
+    }
     for step in steppers.values():  # warm-up
         for i in range(args.warmup):
             step(i)
@@ -229,8 +242,13 @@ def benchmark_config(name: str, vocab, splits, args) -> dict:
         for k, step in steppers.items():
             samples[k] += timed(lambda i, s=step: s(i + r), args.steps)
     tokens = args.batch_size * args.seq_len
-    result = {"config": name, "parameters": charlm_model.num_parameters(), "flops_per_token_fwd": flops_per_token(config),
-              "core": config.core, "output": config.output}
+    result = {
+        "config": name,
+        "parameters": charlm_model.num_parameters(),
+        "flops_per_token_fwd": flops_per_token(config),
+        "core": config.core,
+        "output": config.output,
+    }
     train_tok_s = {k: tokens / statistics.median(v) for k, v in samples.items()}
     result["train_tokens_per_sec"] = {k: round(v) for k, v in train_tok_s.items()}
     if args.train_only:
@@ -274,6 +292,7 @@ def benchmark_config(name: str, vocab, splits, args) -> dict:
         "charlm_sequential_ppl": round(scores["sequential"].perplexity, 4),
         "charlm_ppl": round(scores["charlm"].perplexity, 4),
         "charlm_bf16_ppl": round(scores["bf16"].perplexity, 4),
+        "charlm_columns_ppl": round(scores["columns"].perplexity, 4),
         # From the unrounded times: a tiny corpus can score in under 5 ms, which rounds to 0.00 s.
         "charlm_speedup": round(seconds[reference] / seconds["charlm"], 4),
         "charlm_bf16_speedup": round(seconds[reference] / seconds["bf16"], 4),
@@ -291,32 +310,56 @@ def plain_model_copy(plain: PlainCharLM, model: CharLM) -> PlainCharLM:
             a.load_state_dict(b.state_dict())
         d = model.config.input_size
         for t, g, layer in zip(plain.transforms, plain.gates, model.highway.layers):
-            t.weight.copy_(layer.weight[:d]); t.bias.copy_(layer.bias[:d])  # noqa: E702
-            g.weight.copy_(layer.weight[d:]); g.bias.copy_(layer.bias[d:])  # noqa: E702
+            t.weight.copy_(layer.weight[:d])
+            t.bias.copy_(layer.bias[:d])  # noqa: E702
+            g.weight.copy_(layer.weight[d:])
+            g.bias.copy_(layer.bias[d:])  # noqa: E702
         plain.lstm.load_state_dict(model.core.lstm.state_dict())
         plain.decoder.load_state_dict(model.output.decoder.state_dict())
     return plain
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--data-dir", required=True, help="a prepared corpus (PTB for the README's table)")
-    parser.add_argument("--configs", nargs="+", default=["ptb-char-small", "ptb-char-large"], help="shipped config names (charlm/configs/) or YAML files, each optionally followed by "
-                        ":KEY=VALUE,KEY=VALUE overrides")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=["ptb-char-small", "ptb-char-large"],
+        help="shipped config names (charlm/configs/) or YAML files, each optionally followed by "
+        ":KEY=VALUE,KEY=VALUE overrides",
+    )
     parser.add_argument("--batch-size", type=int, default=20, help="rows per training step")
     parser.add_argument("--seq-len", type=int, default=35, help="time steps per training step")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per implementation")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation per round")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--eval-tokens", type=int, default=0, help="score only the first N test tokens (0: all)")
-    parser.add_argument("--eval-columns", type=int, default=20,
-                        help="columns of the timed approximation (charlm perplexity --columns N)")
-    parser.add_argument("--implementations", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS,
-                        metavar="NAME", help=f"training steps to time, of: {', '.join(map(repr, IMPLEMENTATIONS))}")
-    parser.add_argument("--train-only", action="store_true", help="time the training steps only (no evaluation, no generation)")
+    parser.add_argument(
+        "--eval-columns",
+        type=int,
+        default=20,
+        help="columns of the timed approximation (charlm perplexity --columns N)",
+    )
+    parser.add_argument(
+        "--implementations",
+        nargs="+",
+        default=list(IMPLEMENTATIONS),
+        choices=IMPLEMENTATIONS,
+        metavar="NAME",
+        help=f"training steps to time, of: {', '.join(map(repr, IMPLEMENTATIONS))}",
+    )
+    parser.add_argument(
+        "--train-only", action="store_true", help="time the training steps only (no evaluation, no generation)"
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
-    parser.add_argument("--default-allocator", action="store_true",
-                        help="leave glibc's malloc settings alone (the charlm commands apply memory.keep_freed_memory)")
+    parser.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's malloc settings alone (the charlm commands apply memory.keep_freed_memory)",
+    )
     args = parser.parse_args(argv)
     allocator = "glibc defaults" if args.default_allocator else f"freed memory kept: {keep_freed_memory()}"
 
@@ -348,13 +391,17 @@ def main(argv: list[str] | None = None) -> int:
             continue
         e = r["eval"]
         plain = f"plain {e['plain_seconds']:.2f} s (ppl {e['plain_ppl']}), " if e["plain_seconds"] is not None else ""
-        print(f"  exact test perplexity ({e['tokens']:,} tokens, untrained weights; speed-ups against "
-              f"{e['reference']}): {plain}charlm without pipelining {e['charlm_sequential_seconds']:.2f} s "
-              f"(ppl {e['charlm_sequential_ppl']}), charlm {e['charlm_seconds']:.2f} s (ppl {e['charlm_ppl']}, "
-              f"{e['charlm_speedup']:.1f}x), charlm --bf16 {e['charlm_bf16_seconds']:.2f} s "
-              f"(ppl {e['charlm_bf16_ppl']}, {e['charlm_bf16_speedup']:.1f}x)")
-        print(f"  approximation, {e['columns']} columns with {e['warmup']} warm-up tokens (not exact): "
-              f"charlm {e['charlm_columns_seconds']:.2f} s, charlm --bf16 {e['charlm_columns_bf16_seconds']:.2f} s")
+        print(
+            f"  exact test perplexity ({e['tokens']:,} tokens, untrained weights; speed-ups against "
+            f"{e['reference']}): {plain}charlm without pipelining {e['charlm_sequential_seconds']:.2f} s "
+            f"(ppl {e['charlm_sequential_ppl']}), charlm {e['charlm_seconds']:.2f} s (ppl {e['charlm_ppl']}, "
+            f"{e['charlm_speedup']:.1f}x), charlm --bf16 {e['charlm_bf16_seconds']:.2f} s "
+            f"(ppl {e['charlm_bf16_ppl']}, {e['charlm_bf16_speedup']:.1f}x)"
+        )
+        print(
+            f"  approximation, {e['columns']} columns with {e['warmup']} warm-up tokens (not exact): "
+            f"charlm {e['charlm_columns_seconds']:.2f} s, charlm --bf16 {e['charlm_columns_bf16_seconds']:.2f} s"
+        )
         print(f"  generation: {r['generate_ms_per_word']:.2f} ms per word (one sample of 200 words)")
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(f"\npeak resident memory: {results['peak_rss_mb']} MB")

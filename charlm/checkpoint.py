@@ -27,8 +27,8 @@ from safetensors.torch import load_file, save_file
 
 import charlm
 from charlm.config import model_config_from_json
-from charlm.io import save_json
 from charlm.errors import CharlmError
+from charlm.io import save_json
 from charlm.model import CharLM, upgrade_state_dict
 from charlm.vocab import Vocabulary
 
@@ -60,8 +60,9 @@ def export_model(model: CharLM, vocab: Vocabulary, directory: str | Path, extra:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     bad = non_finite(state)
     if bad:
-        raise CharlmError(f"refusing to export to {directory}: {len(bad)} weight tensor(s) hold NaN or infinity "
-                          f"(first: {bad[0]})")
+        raise CharlmError(
+            f"refusing to export to {directory}: {len(bad)} weight tensor(s) hold NaN or infinity (first: {bad[0]})"
+        )
     tmp = directory.with_name(directory.name + ".tmp")
     old = directory.with_name(directory.name + ".old")
     recover_export(directory)
@@ -70,14 +71,19 @@ def export_model(model: CharLM, vocab: Vocabulary, directory: str | Path, extra:
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         save_file(state, str(tmp / WEIGHTS_FILE))
-        config = {"model": asdict(model.config), **(extra or {}), VOCAB_DIGEST_KEY: vocab_digest(vocab),
-                  "charlm_version": charlm.__version__}
+        config = {
+            "model": asdict(model.config),
+            **(extra or {}),
+            VOCAB_DIGEST_KEY: vocab_digest(vocab),
+            "charlm_version": charlm.__version__,
+        }
         save_json(config, tmp / CONFIG_FILE)
         vocab.save(tmp)
     except (OSError, SafetensorError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CharlmError(f"could not write the model to {tmp} ({error_reason(err)}); is the disk full? "
-                          f"{directory} is unchanged") from None
+        raise CharlmError(
+            f"could not write the model to {tmp} ({error_reason(err)}); is the disk full? {directory} is unchanged"
+        ) from None
     if directory.exists():
         if old.exists():
             shutil.rmtree(old)
@@ -130,10 +136,14 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     directory = resolve_model_dir(directory)
     if not directory.is_dir():
         if directory.with_name(directory.name + ".old").is_dir():
-            raise CharlmError(f"model directory {directory} is missing: its export was interrupted; run the training "
-                              "again with --resume to finish it")
-        raise CharlmError(f"model directory {directory} does not exist; pass the best/ folder of a training run "
-                          "or a Hugging Face hub id (owner/name)")
+            raise CharlmError(
+                f"model directory {directory} is missing: its export was interrupted; run the training "
+                "again with --resume to finish it"
+            )
+        raise CharlmError(
+            f"model directory {directory} does not exist; pass the best/ folder of a training run "
+            "or a Hugging Face hub id (owner/name)"
+        )
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CharlmError(f"{weights} is missing: {directory} is not a complete exported model (re-export or retrain)")
@@ -144,8 +154,10 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
             f"{directory}: vocabulary has {len(vocab)} words but the model was built for {config.vocab_size}; "
             "the vocabulary files do not belong to these weights"
         )
-    if config.uses_spellings and (vocab.max_word_length, len(vocab.chars)) != (config.max_word_length,
-                                                                               config.char_vocab_size):
+    if config.uses_spellings and (vocab.max_word_length, len(vocab.chars)) != (
+        config.max_word_length,
+        config.char_vocab_size,
+    ):
         raise CharlmError(
             f"{directory}: vocabulary spells words with {len(vocab.chars)} characters in {vocab.max_word_length} "
             f"positions, the model expects {config.char_vocab_size} in {config.max_word_length}; the vocabulary files "
@@ -153,13 +165,16 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
         )
     digest = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8")).get(VOCAB_DIGEST_KEY)
     if digest is not None and digest != vocab_digest(vocab):
-        raise CharlmError(f"{directory}: the vocabulary files are not the ones these weights were trained with "
-                          f"(their digest differs from {VOCAB_DIGEST_KEY} in {CONFIG_FILE}); copy back the originals")
+        raise CharlmError(
+            f"{directory}: the vocabulary files are not the ones these weights were trained with "
+            f"(their digest differs from {VOCAB_DIGEST_KEY} in {CONFIG_FILE}); copy back the originals"
+        )
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CharlmError(f"{weights} cannot be read ({error_reason(err)}); the file is truncated or corrupt, "
-                          "re-export it") from None
+        raise CharlmError(
+            f"{weights} cannot be read ({error_reason(err)}); the file is truncated or corrupt, re-export it"
+        ) from None
     bad = non_finite(state)
     if bad:
         raise CharlmError(f"{weights} holds NaN or infinite weights ({bad[0]}); it is not a usable model")
@@ -170,4 +185,3 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
         first = str(err).strip().splitlines()[0]
         raise CharlmError(f"{weights} does not match {directory / CONFIG_FILE}: {first}") from None
     return model.to(device).eval(), vocab
-

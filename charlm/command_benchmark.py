@@ -75,13 +75,20 @@ def commands(port: int) -> dict[str, Command]:
     """The ways of starting training that the benchmark compares (``port``: for the 2-process run)."""
     return {
         "charlm": Command("charlm", "charlm train", [sys.executable]),
-        "launch": Command("launch", "accelerate launch --num_processes 1",
-                          [*ACCELERATE_LAUNCH, "--num_processes", "1"]),
-        "launch-cpu": Command("launch-cpu", "accelerate launch --cpu --num_processes 1",
-                              [*ACCELERATE_LAUNCH, "--cpu", "--num_processes", "1"]),
-        "launch-2cpu": Command("launch-2cpu", "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2",
-                               [*ACCELERATE_LAUNCH, "--multi_gpu", "--num_processes", "2",
-                                "--main_process_port", str(port)], {"ACCELERATE_USE_CPU": "true"}),
+        "launch": Command(
+            "launch", "accelerate launch --num_processes 1", [*ACCELERATE_LAUNCH, "--num_processes", "1"]
+        ),
+        "launch-cpu": Command(
+            "launch-cpu",
+            "accelerate launch --cpu --num_processes 1",
+            [*ACCELERATE_LAUNCH, "--cpu", "--num_processes", "1"],
+        ),
+        "launch-2cpu": Command(
+            "launch-2cpu",
+            "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2",
+            [*ACCELERATE_LAUNCH, "--multi_gpu", "--num_processes", "2", "--main_process_port", str(port)],
+            {"ACCELERATE_USE_CPU": "true"},
+        ),
     }
 
 
@@ -106,9 +113,14 @@ def probe_main(argv: list[str]) -> int:
         from accelerate.state import AcceleratorState
 
         state = AcceleratorState()
-        record = {"rank": state.process_index, "processes": state.num_processes, "times": times,
-                  "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                  "precision": str(state.mixed_precision)}
+        record = {
+            "rank": state.process_index,
+            "processes": state.num_processes,
+            "times": times,
+            "threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "precision": str(state.mixed_precision),
+        }
         (directory / f"rank-{state.process_index}.json").write_text(json.dumps(record))
         sys.stdout.flush()
         sys.stderr.flush()
@@ -121,20 +133,37 @@ def probe_main(argv: list[str]) -> int:
 # ------------------------------------------------------------------------------ the benchmark
 
 
-def measure(command: Command, train_args: list[str], tokens_per_update: int, warmup: int, updates: int,
-            workdir: Path) -> dict[str, Any]:
+def measure(
+    command: Command, train_args: list[str], tokens_per_update: int, warmup: int, updates: int, workdir: Path
+) -> dict[str, Any]:
     """Run ``command`` on ``train_args`` until ``warmup + updates`` updates are done; its speed over
     the last ``updates`` of them (see the module doc)."""
     probe_dir = workdir / command.name
     probe_dir.mkdir()
     total = warmup + updates
-    argv = [*command.launcher, "-m", "charlm.command_benchmark", "--probe", str(probe_dir), str(total),
-            "train", *train_args, "--output-dir", str(probe_dir / "run"), f"train.max_steps={total + 1}"]
+    argv = [
+        *command.launcher,
+        "-m",
+        "charlm.command_benchmark",
+        "--probe",
+        str(probe_dir),
+        str(total),
+        "train",
+        *train_args,
+        "--output-dir",
+        str(probe_dir / "run"),
+        f"train.max_steps={total + 1}",
+    ]
     start = time.perf_counter()
     done = subprocess.run(argv, env={**os.environ, **command.env}, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    result: dict[str, Any] = {"name": command.name, "command": command.shown, "argv": argv, "env": command.env,
-                              "wall_seconds": round(wall, 1)}
+    result: dict[str, Any] = {
+        "name": command.name,
+        "command": command.shown,
+        "argv": argv,
+        "env": command.env,
+        "wall_seconds": round(wall, 1),
+    }
     records = [json.loads(p.read_text()) for p in sorted(probe_dir.glob("rank-*.json"))]
     if done.returncode != 0 or not records:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -142,10 +171,18 @@ def measure(command: Command, train_args: list[str], tokens_per_update: int, war
     processes = records[0]["processes"]
     seconds = max(r["times"][total - 1] - r["times"][warmup - 1] for r in records)
     tokens = tokens_per_update * processes * updates
-    return {**result, "processes": processes, "threads": [r["threads"] for r in records],
-            "omp_num_threads": records[0]["omp_num_threads"], "precision": records[0]["precision"],
-            "updates": updates, "tokens": tokens, "seconds": round(seconds, 4),
-            "tokens_per_sec": round(tokens / seconds, 1), "seconds_per_update": round(seconds / updates, 4)}
+    return {
+        **result,
+        "processes": processes,
+        "threads": [r["threads"] for r in records],
+        "omp_num_threads": records[0]["omp_num_threads"],
+        "precision": records[0]["precision"],
+        "updates": updates,
+        "tokens": tokens,
+        "seconds": round(seconds, 4),
+        "tokens_per_sec": round(tokens / seconds, 1),
+        "seconds_per_update": round(seconds / updates, 4),
+    }
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
@@ -156,8 +193,10 @@ def format_table(results: list[dict[str, Any]]) -> str:
             lines.append(f"{r['command']:<74} failed: {r['error']}")
             continue
         threads = "+".join(str(t) for t in r["threads"])
-        lines.append(f"{r['command']:<74} {r['processes']:>4} {threads:>7} {r['omp_num_threads'] or '-':>4} "
-                     f"{r['precision']:>9} {r['tokens_per_sec']:>9,.0f} {r['seconds_per_update']:>8.3f}")
+        lines.append(
+            f"{r['command']:<74} {r['processes']:>4} {threads:>7} {r['omp_num_threads'] or '-':>4} "
+            f"{r['precision']:>9} {r['tokens_per_sec']:>9,.0f} {r['seconds_per_update']:>8.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -167,7 +206,9 @@ def resolve_config(name: str) -> Path:
     if not path.suffix:
         path = CONFIG_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise CharlmError(f"config {name} not found; give a name from {CONFIG_DIR} (e.g. ptb-char-small) or a YAML path")
+        raise CharlmError(
+            f"config {name} not found; give a name from {CONFIG_DIR} (e.g. ptb-char-small) or a YAML path"
+        )
     return path
 
 
@@ -180,16 +221,26 @@ def free_port() -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Training tokens/s of `charlm train` and `accelerate launch` variants (see the module doc).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--data-dir", required=True, help="a corpus prepared by `charlm prepare` (e.g. PTB)")
     parser.add_argument("--config", default="ptb-char-small", help="a name from configs/ or a YAML path")
     parser.add_argument("--warmup", type=int, default=10, help="updates run before the timing starts")
     parser.add_argument("--updates", type=int, default=50, help="updates timed")
-    parser.add_argument("--commands", nargs="+", default=list(commands(0)), choices=list(commands(0)),
-                        help="which ways of starting training to run, in this order")
+    parser.add_argument(
+        "--commands",
+        nargs="+",
+        default=list(commands(0)),
+        choices=list(commands(0)),
+        help="which ways of starting training to run, in this order",
+    )
     parser.add_argument("--json", default=str(DEFAULT_JSON), help="where to write the results")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides for every run, e.g. train.mixed_precision=no")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides for every run, e.g. train.mixed_precision=no",
+    )
     return parser
 
 
@@ -218,15 +269,25 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="charlm-bench-") as workdir:
         for name in args.commands:
             print(f"{available[name].shown} ...", file=sys.stderr, flush=True)
-            results.append(measure(available[name], train_args, tokens_per_update, args.warmup, args.updates,
-                                   Path(workdir)))
+            results.append(
+                measure(available[name], train_args, tokens_per_update, args.warmup, args.updates, Path(workdir))
+            )
     print(format_table(results))
-    report = {"config": str(config_path), "data_dir": str(args.data_dir), "overrides": args.overrides,
-              "warmup": args.warmup, "updates": args.updates,
-              "machine": {"cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                          else os.cpu_count(), "processor": device_name("cpu"),
-                          "python": platform.python_version(), "torch": _torch_version(), "commit": source_commit()},
-              "results": results}
+    report = {
+        "config": str(config_path),
+        "data_dir": str(args.data_dir),
+        "overrides": args.overrides,
+        "warmup": args.warmup,
+        "updates": args.updates,
+        "machine": {
+            "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "processor": device_name("cpu"),
+            "python": platform.python_version(),
+            "torch": _torch_version(),
+            "commit": source_commit(),
+        },
+        "results": results,
+    }
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_json(report, path)

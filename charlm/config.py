@@ -192,11 +192,15 @@ class ModelConfig:
             raise CharlmError(f"model.adaptive_div_value must be at least 1, got {self.adaptive_div_value}")
         if self.output == "char":
             if self.output_share_encoder and self.input != "char":
-                raise CharlmError("model.output_share_encoder needs model.input: char (the shared encoder reads "
-                                  "spellings only); set it to false to give the output its own char-CNN")
+                raise CharlmError(
+                    "model.output_share_encoder needs model.input: char (the shared encoder reads "
+                    "spellings only); set it to false to give the output its own char-CNN"
+                )
             if self.output_num_filters and len(self.output_num_filters) != len(self.kernel_widths):
-                raise CharlmError(f"model.output_num_filters ({len(self.output_num_filters)} entries) must have one "
-                                  f"entry per kernel width ({len(self.kernel_widths)}), or be empty")
+                raise CharlmError(
+                    f"model.output_num_filters ({len(self.output_num_filters)} entries) must have one "
+                    f"entry per kernel width ({len(self.kernel_widths)}), or be empty"
+                )
             if self.output_num_filters and min(self.output_num_filters) < 1:
                 raise CharlmError("model.output_num_filters must be positive")
 
@@ -321,8 +325,14 @@ class TrainConfig:
         _check_choice("train.average", self.average, AVERAGES)
         if self.mixed_precision:
             _check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
-        for name in ("batch_size", "seq_len", "gradient_accumulation_steps", "eval_chunk_len",
-                     "keep_checkpoints", "log_every"):
+        for name in (
+            "batch_size",
+            "seq_len",
+            "gradient_accumulation_steps",
+            "eval_chunk_len",
+            "keep_checkpoints",
+            "log_every",
+        ):
             if getattr(self, name) < 1:
                 raise CharlmError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_epochs", "max_steps", "checkpoint_every_steps", "decay_start_epoch", "num_threads"):
@@ -384,7 +394,10 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, str):
             return value
         if isinstance(value, bool):
-            raise CharlmError(f"{name} must be text; YAML reads an unquoted yes/no/on/off as a boolean, so quote it: '{'yes' if value else 'no'}'")
+            raise CharlmError(
+                f"{name} must be text; YAML reads an unquoted yes/no/on/off as a boolean, "
+                f"so quote it: '{'yes' if value else 'no'}'"
+            )
     else:  # pragma: no cover - a field type this function was not taught
         raise TypeError(f"unsupported config field type {annotation} for {name}")
     raise CharlmError(f"{name} must be of type {annotation.__name__}; got {value!r}")
@@ -432,8 +445,11 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             raise CharlmError(f"override {item!r} is not of the form section.key=value (e.g. train.lr=0.5)")
         parts = key.strip().split(".")
         if len(parts) == 1:  # a bare key such as max_epochs=2: find its section
-            sections = [s for s, cls in (("model", ModelConfig), ("train", TrainConfig))
-                        if parts[0] in {f.name for f in fields(cls)}]
+            sections = [
+                s
+                for s, cls in (("model", ModelConfig), ("train", TrainConfig))
+                if parts[0] in {f.name for f in fields(cls)}
+            ]
             parts = [sections[0] if len(sections) == 1 else "?", parts[0]]
         if len(parts) != 2:
             raise CharlmError(f"override key {key!r} must be section.key, e.g. model.dropout or train.lr")
@@ -471,7 +487,9 @@ def resolve_config_path(ref: str | Path) -> Path:
     names = ", ".join(shipped_configs())
     if bare and path.suffix not in (".yaml", ".yml"):
         raise CharlmError(f"unknown config {str(ref)!r}: pass a YAML file or one of the shipped configs: {names}")
-    raise CharlmError(f"config file {path} not found; pass an existing YAML file or one of the shipped configs: {names}")
+    raise CharlmError(
+        f"config file {path} not found; pass an existing YAML file or one of the shipped configs: {names}"
+    )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -497,7 +515,9 @@ def model_config_from_json(path: str | Path) -> ModelConfig:
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CharlmError(f"{path} is missing: is {path.parent} an exported model directory (best/ of a run)?") from None
+        raise CharlmError(
+            f"{path} is missing: is {path.parent} an exported model directory (best/ of a run)?"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CharlmError(f"{path} is not valid JSON ({err}); re-export the model") from None
     except OSError as err:

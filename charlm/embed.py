@@ -78,13 +78,16 @@ def check_representable(model: CharLM, vocab: Vocabulary, words: list[str], stag
     if model.config.input != "word":
         return
     if stage == "cnn":
-        raise CharlmError("--stage cnn needs a character-input model; this one reads word embeddings "
-                          "(use --stage highway)")
+        raise CharlmError(
+            "--stage cnn needs a character-input model; this one reads word embeddings (use --stage highway)"
+        )
     unknown = [word for word in words if not in_vocabulary(vocab, word)]
     if unknown:
         shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
-        raise CharlmError(f"not in the vocabulary: {shown}; a word-input model has no vector for unknown words "
-                          "(only character-input models read spellings)")
+        raise CharlmError(
+            f"not in the vocabulary: {shown}; a word-input model has no vector for unknown words "
+            "(only character-input models read spellings)"
+        )
 
 
 @torch.inference_mode()
@@ -99,16 +102,18 @@ def embed_words(model: CharLM, vocab: Vocabulary, words: list[str], stage: str =
     was_training = model.training
     model.eval()
     try:
-        parts = [represent_words(model, vocab, words[i : i + CHUNK_WORDS], stage)
-                 for i in range(0, len(words), CHUNK_WORDS)]  # each [chunk, D]
+        parts = [
+            represent_words(model, vocab, words[i : i + CHUNK_WORDS], stage) for i in range(0, len(words), CHUNK_WORDS)
+        ]  # each [chunk, D]
     finally:
         model.train(was_training)
     return torch.cat(parts).float().cpu()
 
 
 @torch.inference_mode()
-def contextual_vectors(model: CharLM, vocab: Vocabulary, lines: list[str], chunk_len: int = 2048
-                       ) -> tuple[list[str], torch.Tensor]:
+def contextual_vectors(
+    model: CharLM, vocab: Vocabulary, lines: list[str], chunk_len: int = 2048
+) -> tuple[list[str], torch.Tensor]:
     """ELMo-style features of a text: its tokens (``<eos>`` after each line, as the corpus has them)
     and ``[tokens, stages, H]`` float32 on the CPU, the output of each stage of the recurrent core at
     each token. The text is read after an ``<eos>`` (as scoring does), the state carried throughout;
@@ -121,8 +126,9 @@ def contextual_vectors(model: CharLM, vocab: Vocabulary, lines: list[str], chunk
     was_training = model.training
     model.eval()
     try:
-        x = torch.cat([represent_words(model, vocab, words[i : i + CHUNK_WORDS])
-                       for i in range(0, len(words), CHUNK_WORDS)])  # [n + 1, D]
+        x = torch.cat(
+            [represent_words(model, vocab, words[i : i + CHUNK_WORDS]) for i in range(0, len(words), CHUNK_WORDS)]
+        )  # [n + 1, D]
         stages = model.core.stages()
         states = [stage.initial_state(1) for stage in stages]
         outputs: list[list[torch.Tensor]] = [[] for _ in stages]
@@ -186,21 +192,35 @@ def check_words(words: list[str]) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--words", nargs="+", metavar="WORD",
-                        help="the words, in the vocabulary or not (e.g. computer-aided looooook); words that start "
-                             "with '-' go in --words-file")
+    source.add_argument(
+        "--words",
+        nargs="+",
+        metavar="WORD",
+        help="the words, in the vocabulary or not (e.g. computer-aided looooook); words that start "
+        "with '-' go in --words-file",
+    )
     source.add_argument("--words-file", metavar="F", help="a UTF-8 file of words separated by spaces or newlines")
     source.add_argument("--text-file", metavar="F", help="with --contextual: a UTF-8 text, one vector per token")
-    parser.add_argument("--contextual", action="store_true",
-                        help="ELMo-style features of --text-file: the recurrent core's output at every token, per "
-                             "layer, as --format npy [tokens, layers, H] and the tokens beside it")
-    parser.add_argument("--stage", choices=STAGES, default=DEFAULTS.stage,
-                        help="the vector after the highway layers (what the LSTM reads), or the char-CNN output "
-                             "before them")
-    parser.add_argument("--format", choices=FORMATS, default=DEFAULTS.format,
-                        help="word2vec: text, a 'N DIM' header then one word and its numbers per line; npy: the "
-                             "float32 array [N, DIM] in --output and the words, one per line, beside it "
-                             "(OUTPUT with .words.txt for its extension)")
+    parser.add_argument(
+        "--contextual",
+        action="store_true",
+        help="ELMo-style features of --text-file: the recurrent core's output at every token, per "
+        "layer, as --format npy [tokens, layers, H] and the tokens beside it",
+    )
+    parser.add_argument(
+        "--stage",
+        choices=STAGES,
+        default=DEFAULTS.stage,
+        help="the vector after the highway layers (what the LSTM reads), or the char-CNN output before them",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=DEFAULTS.format,
+        help="word2vec: text, a 'N DIM' header then one word and its numbers per line; npy: the "
+        "float32 array [N, DIM] in --output and the words, one per line, beside it "
+        "(OUTPUT with .words.txt for its extension)",
+    )
     parser.add_argument("--output", required=True, metavar="PATH", help="the file to write (its folder must exist)")
 
 
@@ -221,8 +241,10 @@ def run(args: argparse.Namespace) -> int:
         write_npy(args.output, words, vectors)
         written = [Path(args.output), words_path(args.output)]
     unknown = sum(not in_vocabulary(vocab, word) for word in words)
-    print(f"{len(words)} words ({unknown} not in the vocabulary), {vectors.shape[1]} dimensions "
-          f"(stage {args.stage}): wrote {', '.join(str(p) for p in written)}")
+    print(
+        f"{len(words)} words ({unknown} not in the vocabulary), {vectors.shape[1]} dimensions "
+        f"(stage {args.stage}): wrote {', '.join(str(p) for p in written)}"
+    )
     return 0
 
 
@@ -233,7 +255,9 @@ def run_contextual(args: argparse.Namespace) -> int:
     if not (args.contextual and args.text_file is not None):
         raise CharlmError("--contextual and --text-file go together: contextual vectors are those of a text's tokens")
     if args.format != "npy":
-        raise CharlmError("--contextual writes [tokens, layers, H]: use --format npy (word2vec holds one vector per word)")
+        raise CharlmError(
+            "--contextual writes [tokens, layers, H]: use --format npy (word2vec holds one vector per word)"
+        )
     check_output_path(args.output)
     check_output_path(words_path(args.output))
     model, vocab = load_checkpoint(args.checkpoint, args.device)
@@ -242,6 +266,8 @@ def run_contextual(args: argparse.Namespace) -> int:
         np.save(f, features.numpy())
     with atomic_open(words_path(args.output)) as f:
         f.writelines(token + "\n" for token in tokens)
-    print(f"{len(tokens)} tokens x {features.shape[1]} layer(s) x {features.shape[2]} dimensions: wrote "
-          f"{args.output}, {words_path(args.output)}")
+    print(
+        f"{len(tokens)} tokens x {features.shape[1]} layer(s) x {features.shape[2]} dimensions: wrote "
+        f"{args.output}, {words_path(args.output)}"
+    )
     return 0

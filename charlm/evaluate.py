@@ -38,8 +38,8 @@ import torch
 
 from charlm.checkpoint import load_model, training_record
 from charlm.errors import CharlmError
-from charlm.model import CharLM
 from charlm.io import atomic_open
+from charlm.model import CharLM
 from charlm.plots import check_output_path
 from charlm.runtime import configure_threads, device_name
 from charlm.scoring import score_columns, score_stream
@@ -199,11 +199,21 @@ def perplexity(
         raise CharlmError("nothing to score: the token stream is empty")
     start = time.perf_counter()
     if columns == 1:
-        score = score_stream(model, ids, vocab.eos_id, chunk_len=chunk_len, per_token=per_token, progress=progress,
-                             bf16=bf16)
+        score = score_stream(
+            model, ids, vocab.eos_id, chunk_len=chunk_len, per_token=per_token, progress=progress, bf16=bf16
+        )
     else:
-        score = score_columns(model, ids, vocab.eos_id, columns, warmup, chunk_len=chunk_len, per_token=per_token,
-                              progress=progress, bf16=bf16)
+        score = score_columns(
+            model,
+            ids,
+            vocab.eos_id,
+            columns,
+            warmup,
+            chunk_len=chunk_len,
+            per_token=per_token,
+            progress=progress,
+            bf16=bf16,
+        )
     seconds = time.perf_counter() - start
     result: dict[str, Any] = {
         "perplexity": score.perplexity,
@@ -220,8 +230,9 @@ def perplexity(
     return result
 
 
-def oov_by_spelling(model: CharLM, vocab: Vocabulary, lines: list[str], ids: np.ndarray,
-                    chunk_len: int = DEFAULTS.chunk_len) -> dict[str, Any]:
+def oov_by_spelling(
+    model: CharLM, vocab: Vocabulary, lines: list[str], ids: np.ndarray, chunk_len: int = DEFAULTS.chunk_len
+) -> dict[str, Any]:
     """The text's out-of-vocabulary tokens scored by their spelling (``model.output: char``).
 
     The standard number scores such a token as ``<unk>``. A spelling-based output layer can give
@@ -234,15 +245,22 @@ def oov_by_spelling(model: CharLM, vocab: Vocabulary, lines: list[str], ids: np.
     from charlm.scoring import core_outputs, safe_exp
 
     if not isinstance(model.output, CharSoftmax):
-        raise CharlmError(f"--oov-by-spelling needs a model with a spelling-based output layer (model.output: char); "
-                          f"this one has model.output: {model.config.output}")
+        raise CharlmError(
+            f"--oov-by-spelling needs a model with a spelling-based output layer (model.output: char); "
+            f"this one has model.output: {model.config.output}"
+        )
     eos = [vocab.words[vocab.eos_id]] if vocab.add_eos else []
     tokens = [token for line in lines for token in (*vocab.tokenize(line), *eos)]
     if len(tokens) != len(ids):  # pragma: no cover - the tokenizer's two views of a text disagree
-        raise CharlmError("the tokenizer split the text differently when asked for words and for ids; "
-                          "--oov-by-spelling cannot line them up")
-    unknown = [p for p, (token, i) in enumerate(zip(tokens, ids.tolist()))
-               if i == vocab.unk_id and not in_vocabulary_name(vocab, token)]
+        raise CharlmError(
+            "the tokenizer split the text differently when asked for words and for ids; "
+            "--oov-by-spelling cannot line them up"
+        )
+    unknown = [
+        p
+        for p, (token, i) in enumerate(zip(tokens, ids.tolist()))
+        if i == vocab.unk_id and not in_vocabulary_name(vocab, token)
+    ]
     result: dict[str, Any] = {"oov_tokens": len(unknown)}
     if not unknown:
         return result
@@ -252,8 +270,13 @@ def oov_by_spelling(model: CharLM, vocab: Vocabulary, lines: list[str], ids: np.
     with torch.inference_mode(), model.output.frozen():
         as_unk = -model.output.log_probs(hidden)[:, vocab.unk_id].double().sum().item()
         spelled = -model.output.spelling_log_probs(hidden, chars, vocab.unk_id).double().sum().item()
-    return {**result, "oov_nll_as_unk": as_unk, "oov_nll_by_spelling": spelled,
-            "oov_ppl_as_unk": safe_exp(as_unk / len(unknown)), "oov_ppl_by_spelling": safe_exp(spelled / len(unknown))}
+    return {
+        **result,
+        "oov_nll_as_unk": as_unk,
+        "oov_nll_by_spelling": spelled,
+        "oov_ppl_as_unk": safe_exp(as_unk / len(unknown)),
+        "oov_ppl_by_spelling": safe_exp(spelled / len(unknown)),
+    }
 
 
 def in_vocabulary_name(vocab: Vocabulary, token: str) -> bool:
@@ -279,8 +302,11 @@ def write_per_token(path: str | Path, vocab: Vocabulary, ids: np.ndarray, logpro
 
 def format_result(result: dict[str, Any]) -> str:
     unk_share = result["unk"] / max(result["tokens"], 1)
-    approximate = "" if result["exact"] else (
-        f" (approximate: {result['columns']} columns, {result['warmup']} warm-up tokens each)")
+    approximate = (
+        ""
+        if result["exact"]
+        else (f" (approximate: {result['columns']} columns, {result['warmup']} warm-up tokens each)")
+    )
     return (
         f"perplexity {result['perplexity']:.3f}{approximate} | "
         f"nll {result['nll'] / max(result['tokens'], 1):.4f} nats/token | "
@@ -294,47 +320,80 @@ def format_result(result: dict[str, Any]) -> str:
 def add_source_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """``--text-file F`` or ``--data-dir D --split S`` (shared with ``charlm gates``)."""
     source = parser.add_mutually_exclusive_group(required=required)
-    source.add_argument("--text-file", metavar="F",
-                        help="a raw UTF-8 text file, tokenized with the model's own tokenizer")
-    source.add_argument("--data-dir", metavar="D",
-                        help="a corpus prepared by `charlm prepare` with the same vocabulary as the model")
-    parser.add_argument("--split", choices=SPLITS, default=DEFAULTS.split,
-                        help="which split of --data-dir to read")
+    source.add_argument(
+        "--text-file", metavar="F", help="a raw UTF-8 text file, tokenized with the model's own tokenizer"
+    )
+    source.add_argument(
+        "--data-dir", metavar="D", help="a corpus prepared by `charlm prepare` with the same vocabulary as the model"
+    )
+    parser.add_argument("--split", choices=SPLITS, default=DEFAULTS.split, help="which split of --data-dir to read")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="DIR",
-                        help="the model: a directory (the best/ folder of a training run) or a Hugging Face hub id "
-                             "(owner/name)")
-    parser.add_argument("--device", default=DEFAULTS.device,
-                        help="where the model runs: cpu, cuda or cuda:N")
-    parser.add_argument("--num-threads", type=int, default=DEFAULTS.num_threads, metavar="N",
-                        help="CPU threads (0: all the cores available to the process, whatever OMP_NUM_THREADS says)")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="DIR",
+        help="the model: a directory (the best/ folder of a training run) or a Hugging Face hub id (owner/name)",
+    )
+    parser.add_argument("--device", default=DEFAULTS.device, help="where the model runs: cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--num-threads",
+        type=int,
+        default=DEFAULTS.num_threads,
+        metavar="N",
+        help="CPU threads (0: all the cores available to the process, whatever OMP_NUM_THREADS says)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_source_arguments(parser)
-    parser.add_argument("--chunk-len", type=int, default=DEFAULTS.chunk_len,
-                        help="tokens per LSTM call (speed and memory only; the number is exact either way)")
-    parser.add_argument("--per-token", metavar="F",
-                        help="also write each token with its log-probability (natural log) to F: TSV, or JSONL "
-                             "if F ends in .jsonl")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object (perplexity, nll, tokens, unk, seconds, ...) instead of a line")
-    parser.add_argument("--bf16", action="store_true",
-                        help="matrix products in bfloat16 (softmax in float32): faster on CPUs with bf16 "
-                             "support and on GPUs, not bit-exact (docs/speed.md gives the difference)")
-    parser.add_argument("--columns", type=int, default=DEFAULTS.columns, metavar="N",
-                        help="1: the exact full-stream number. N > 1: an approximation that scores N pieces "
-                             "of the stream side by side, each warmed up on the --warmup tokens before it (faster "
-                             "where the batch-1 recurrence is the bottleneck, e.g. GPUs; not on a 2-core CPU)")
-    parser.add_argument("--warmup", type=int, default=DEFAULTS.warmup, metavar="W",
-                        help="with --columns > 1: unscored tokens each piece reads first (capped at the piece length)")
-    parser.add_argument("--oov-by-spelling", action="store_true",
-                        help="with --text-file and a model whose output layer reads spellings (model.output: char): "
-                             "also score the text's out-of-vocabulary words by their spelling instead of as <unk>, "
-                             "reported separately (the perplexity itself is unchanged)")
+    parser.add_argument(
+        "--chunk-len",
+        type=int,
+        default=DEFAULTS.chunk_len,
+        help="tokens per LSTM call (speed and memory only; the number is exact either way)",
+    )
+    parser.add_argument(
+        "--per-token",
+        metavar="F",
+        help="also write each token with its log-probability (natural log) to F: TSV, or JSONL if F ends in .jsonl",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (perplexity, nll, tokens, unk, seconds, ...) instead of a line",
+    )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="matrix products in bfloat16 (softmax in float32): faster on CPUs with bf16 "
+        "support and on GPUs, not bit-exact (docs/speed.md gives the difference)",
+    )
+    parser.add_argument(
+        "--columns",
+        type=int,
+        default=DEFAULTS.columns,
+        metavar="N",
+        help="1: the exact full-stream number. N > 1: an approximation that scores N pieces "
+        "of the stream side by side, each warmed up on the --warmup tokens before it (faster "
+        "where the batch-1 recurrence is the bottleneck, e.g. GPUs; not on a 2-core CPU)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=DEFAULTS.warmup,
+        metavar="W",
+        help="with --columns > 1: unscored tokens each piece reads first (capped at the piece length)",
+    )
+    parser.add_argument(
+        "--oov-by-spelling",
+        action="store_true",
+        help="with --text-file and a model whose output layer reads spellings (model.output: char): "
+        "also score the text's out-of-vocabulary words by their spelling instead of as <unk>, "
+        "reported separately (the perplexity itself is unchanged)",
+    )
 
 
 @main_process_only  # the number needs the whole stream in one process; see the module docstring
@@ -349,25 +408,50 @@ def run(args: argparse.Namespace) -> int:
         raise CharlmError("--oov-by-spelling needs --text-file: a prepared split holds <unk> ids, not the words")
     model, vocab = load_checkpoint(args.checkpoint, args.device)
     ids = input_ids(vocab, args)
-    spelled = oov_by_spelling(model, vocab, read_text_lines(args.text_file), ids, args.chunk_len) \
-        if args.oov_by_spelling else {}
-    result = perplexity(model, vocab, ids, args.chunk_len, per_token=bool(args.per_token),
-                        progress=sys.stderr.isatty(), bf16=args.bf16, columns=args.columns, warmup=args.warmup)
+    spelled = (
+        oov_by_spelling(model, vocab, read_text_lines(args.text_file), ids, args.chunk_len)
+        if args.oov_by_spelling
+        else {}
+    )
+    result = perplexity(
+        model,
+        vocab,
+        ids,
+        args.chunk_len,
+        per_token=bool(args.per_token),
+        progress=sys.stderr.isatty(),
+        bf16=args.bf16,
+        columns=args.columns,
+        warmup=args.warmup,
+    )
     logprobs = result.pop("logprobs", None)
     if args.per_token:
         write_per_token(args.per_token, vocab, ids, logprobs)
-    source = {"text_file": str(args.text_file)} if args.text_file else {"data_dir": str(args.data_dir),
-                                                                        "split": args.split}
+    source = (
+        {"text_file": str(args.text_file)} if args.text_file else {"data_dir": str(args.data_dir), "split": args.split}
+    )
     if args.json:
         trained = {**training_record(args.checkpoint), "parameters": model.num_parameters()}
-        print(json.dumps({**result, **spelled, "checkpoint": str(args.checkpoint), **source,
-                          "processes": process_state().num_processes, "scored_on": device_name(model.device.type),
-                          "model": trained}))
+        print(
+            json.dumps(
+                {
+                    **result,
+                    **spelled,
+                    "checkpoint": str(args.checkpoint),
+                    **source,
+                    "processes": process_state().num_processes,
+                    "scored_on": device_name(model.device.type),
+                    "model": trained,
+                }
+            )
+        )
     else:
         print(format_result(result))
         if spelled.get("oov_tokens"):
-            print(f"out-of-vocabulary tokens ({spelled['oov_tokens']:,}), scored separately: as <unk> perplexity "
-                  f"{spelled['oov_ppl_as_unk']:.3f}, by spelling {spelled['oov_ppl_by_spelling']:.3f}")
+            print(
+                f"out-of-vocabulary tokens ({spelled['oov_tokens']:,}), scored separately: as <unk> perplexity "
+                f"{spelled['oov_ppl_as_unk']:.3f}, by spelling {spelled['oov_ppl_by_spelling']:.3f}"
+            )
         elif args.oov_by_spelling:
             print("out-of-vocabulary tokens: none")
     return 0

@@ -166,8 +166,15 @@ def sample(model: CharLM, vocab: Vocabulary, prompt: str = "", options: Sampling
     return Samples(ids=ids, seed=seed, seconds=seconds, setup_seconds=setup_seconds)
 
 
-def _sample_rows(model: CharLM, vocab: Vocabulary, options: SamplingOptions, table: torch.Tensor,
-                 logits: torch.Tensor, state: State, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+def _sample_rows(
+    model: CharLM,
+    vocab: Vocabulary,
+    options: SamplingOptions,
+    table: torch.Tensor,
+    logits: torch.Tensor,
+    state: State,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, float]:
     """The sampling loop: word ids ``[B, t]`` of every sample, and the seconds it took."""
     start = time.perf_counter()
     batch = options.num_samples
@@ -216,24 +223,47 @@ SAMPLE_SEPARATOR = "-" * 40
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SamplingOptions()
     add_model_arguments(parser)
-    parser.add_argument("--prompt", default="",
-                        help="text to continue; any words, including ones the model never saw (empty: start of a text)")
+    parser.add_argument(
+        "--prompt",
+        default="",
+        help="text to continue; any words, including ones the model never saw (empty: start of a text)",
+    )
     parser.add_argument("--num-samples", type=int, default=defaults.num_samples, help="number of independent samples")
-    parser.add_argument("--max-words", type=int, default=defaults.max_words,
-                        help="words (tokens, <eos> included) to generate per sample")
-    parser.add_argument("--temperature", type=float, default=defaults.temperature,
-                        help="divide the logits by this (> 0): below 1 sharper, above 1 flatter")
-    parser.add_argument("--top-k", type=int, default=defaults.top_k,
-                        help="sample only among the K most likely words (K >= 1; None: all words)")
-    parser.add_argument("--top-p", type=float, default=defaults.top_p,
-                        help="nucleus sampling: only among the most likely words whose probabilities sum to P "
-                             "(0 < P <= 1)")
-    parser.add_argument("--seed", type=int, default=defaults.seed,
-                        help="random seed: the same seed gives the same text (None: a fresh seed, printed to stderr)")
+    parser.add_argument(
+        "--max-words",
+        type=int,
+        default=defaults.max_words,
+        help="words (tokens, <eos> included) to generate per sample",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=defaults.temperature,
+        help="divide the logits by this (> 0): below 1 sharper, above 1 flatter",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=defaults.top_k,
+        help="sample only among the K most likely words (K >= 1; None: all words)",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=defaults.top_p,
+        help="nucleus sampling: only among the most likely words whose probabilities sum to P (0 < P <= 1)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="random seed: the same seed gives the same text (None: a fresh seed, printed to stderr)",
+    )
     parser.add_argument("--no-unk", action="store_true", help="never emit <unk>")
     parser.add_argument("--stop-at-eos", action="store_true", help="end each sample at its first end-of-sentence")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object (samples, seed, ms_per_word) instead of the texts")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object (samples, seed, ms_per_word) instead of the texts"
+    )
 
 
 @main_process_only
@@ -242,17 +272,33 @@ def run(args: argparse.Namespace) -> int:
     try:
         args.prompt.encode("utf-8")
     except UnicodeEncodeError as err:  # bytes that are not UTF-8 reach sys.argv as lone surrogates
-        raise CharlmError(f"--prompt is not UTF-8 text (character {err.object[err.start]!r} at position "
-                          f"{err.start}); pass the prompt in UTF-8") from None
+        raise CharlmError(
+            f"--prompt is not UTF-8 text (character {err.object[err.start]!r} at position "
+            f"{err.start}); pass the prompt in UTF-8"
+        ) from None
     model, vocab = load_checkpoint(args.checkpoint, args.device)
     result = sample(model, vocab, args.prompt, options)
     texts = [join_text(vocab, args.prompt, ids) for ids in result.ids]
     if args.json:
-        print(json.dumps({"prompt": args.prompt, "samples": texts, **asdict(options), "seed": result.seed,
-                          "words": result.words, "ms_per_word": round(result.ms_per_word, 3),
-                          "setup_seconds": round(result.setup_seconds, 3)}, ensure_ascii=False))
+        print(
+            json.dumps(
+                {
+                    "prompt": args.prompt,
+                    "samples": texts,
+                    **asdict(options),
+                    "seed": result.seed,
+                    "words": result.words,
+                    "ms_per_word": round(result.ms_per_word, 3),
+                    "setup_seconds": round(result.setup_seconds, 3),
+                },
+                ensure_ascii=False,
+            )
+        )
     else:
         print(f"\n{SAMPLE_SEPARATOR}\n".join(text.rstrip("\n") for text in texts))
-        print(f"{result.words} words in {result.seconds:.2f} s ({result.ms_per_word:.2f} ms/word; setup "
-              f"{result.setup_seconds:.2f} s), seed {result.seed}", file=sys.stderr)
+        print(
+            f"{result.words} words in {result.seconds:.2f} s ({result.ms_per_word:.2f} ms/word; setup "
+            f"{result.setup_seconds:.2f} s), seed {result.seed}",
+            file=sys.stderr,
+        )
     return 0

@@ -72,8 +72,11 @@ def download(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=list(SHARED_FILES), library_name="charlm",
-                                      library_version=charlm.__version__))
+        return Path(
+            snapshot_download(
+                repo_id, allow_patterns=list(SHARED_FILES), library_name="charlm", library_version=charlm.__version__
+            )
+        )
     except Exception as err:  # no network, no such repository, no access: what the cache holds may still do
         reason = error_reason(err)
     try:
@@ -128,11 +131,17 @@ def push_to_hub(checkpoint_dir: str | Path, repo_id: str, private: bool = False,
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=directory, allow_patterns=files,
-                          commit_message=f"Upload a charlm model ({', '.join(files)})")
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=directory,
+            allow_patterns=files,
+            commit_message=f"Upload a charlm model ({', '.join(files)})",
+        )
     except Exception as err:  # the network, the token, the permissions: reported in one line
-        raise CharlmError(f"could not upload {directory} to {repo_id} ({error_reason(err)}); check the network "
-                          "and the token (`hf auth login`, or HF_TOKEN)") from None
+        raise CharlmError(
+            f"could not upload {directory} to {repo_id} ({error_reason(err)}); check the network "
+            "and the token (`hf auth login`, or HF_TOKEN)"
+        ) from None
     return str(url)
 
 
@@ -140,10 +149,18 @@ def push_to_hub(checkpoint_dir: str | Path, repo_id: str, private: bool = False,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, metavar="DIR",
-                        help="the exported model directory to upload (the best/ folder of a training run)")
-    parser.add_argument("--repo-id", required=True, metavar="OWNER/NAME",
-                        help="the hub repository to upload to (created if it does not exist)")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="DIR",
+        help="the exported model directory to upload (the best/ folder of a training run)",
+    )
+    parser.add_argument(
+        "--repo-id",
+        required=True,
+        metavar="OWNER/NAME",
+        help="the hub repository to upload to (created if it does not exist)",
+    )
     parser.add_argument("--private", action="store_true", help="create the repository as private")
 
 

@@ -55,11 +55,14 @@ class CharLM(nn.Module):
         char_cnn = None
         if config.input in ("char", "both"):
             char_cnn = CharCNN(config.char_vocab_size, config.char_embed_dim, config.kernel_widths, config.num_filters)
-        word_embedding = nn.Embedding(config.vocab_size, config.word_embed_dim) if config.input in ("word", "both") else None
+        word_embedding = (
+            nn.Embedding(config.vocab_size, config.word_embed_dim) if config.input in ("word", "both") else None
+        )
         self.encoder = WordEncoder(char_cnn, word_embedding, spellings if config.uses_spellings else None)
         num_highway = 0 if config.highway == "none" else config.highway_layers
-        self.highway = Highway(config.input_size, num_highway, config.highway, config.highway_activation,
-                               config.highway_gate_bias)
+        self.highway = Highway(
+            config.input_size, num_highway, config.highway, config.highway_activation, config.highway_gate_bias
+        )
         self.core = CORES[config.core].from_config(config, config.input_size)
         self.output = OUTPUTS[config.output].from_config(config, self)
         self.reset_parameters()
@@ -173,8 +176,12 @@ def describe_model(config: ModelConfig) -> str:
 
 
 # State-dict names of models exported before the model was split into parts.
-LEGACY_PREFIXES = {"char_cnn.": "encoder.char_cnn.", "word_embedding.": "encoder.word_embedding.",
-                   "lstm.": "core.lstm.", "decoder.": "output.decoder."}
+LEGACY_PREFIXES = {
+    "char_cnn.": "encoder.char_cnn.",
+    "word_embedding.": "encoder.word_embedding.",
+    "lstm.": "core.lstm.",
+    "decoder.": "output.decoder.",
+}
 
 
 def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -183,7 +190,7 @@ def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     for name, tensor in state.items():
         for old, new in LEGACY_PREFIXES.items():
             if name.startswith(old):
-                name = new + name[len(old):]
+                name = new + name[len(old) :]
                 break
         renamed[name] = tensor
     return renamed

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,15 +128,20 @@ def _score_stream(model, ids, start_id, chunk_len, per_token, progress, bf16, pi
         return _token_logprobs(model, output, y, bf16)
 
     bar = tqdm(total=len(chunks), desc="scoring", unit="chunk", disable=not progress, leave=False)
-    pieces = _pipelined_logprobs(model, chunks, token_logprobs, bf16, bar) if pipeline else \
-        _sequential_logprobs(model, chunks, token_logprobs, bf16, bar)
+    pieces = (
+        _pipelined_logprobs(model, chunks, token_logprobs, bf16, bar)
+        if pipeline
+        else _sequential_logprobs(model, chunks, token_logprobs, bf16, bar)
+    )
     total, kept = 0.0, []
     for piece in pieces:  # in stream order: a deterministic sum; only the running total is kept
         total += float(piece.double().sum())
         if per_token:
             kept.append(piece)
     bar.close()
-    return StreamScore(nll=-total, tokens=len(chunks.ids), logprobs=torch.cat(kept).cpu().numpy() if per_token else None)
+    return StreamScore(
+        nll=-total, tokens=len(chunks.ids), logprobs=torch.cat(kept).cpu().numpy() if per_token else None
+    )
 
 
 def _sequential_logprobs(model, chunks: "_Chunks", token_logprobs, bf16, bar) -> Iterator[torch.Tensor]:
@@ -151,8 +156,9 @@ def _sequential_logprobs(model, chunks: "_Chunks", token_logprobs, bf16, bar) ->
 
 
 @torch.inference_mode()
-def core_outputs(model: CharLM, ids: np.ndarray | torch.Tensor, start_id: int, positions: torch.Tensor,
-                 chunk_len: int = 2048) -> torch.Tensor:
+def core_outputs(
+    model: CharLM, ids: np.ndarray | torch.Tensor, start_id: int, positions: torch.Tensor, chunk_len: int = 2048
+) -> torch.Tensor:
     """The core's output vectors ``[len(positions), H]`` that predict the tokens at ``positions`` of
     the stream ``ids`` (state carried over the whole stream, eval mode), for the output layer."""
     device = model.device
@@ -264,8 +270,9 @@ def _score_columns(model, ids, start_id, columns, warmup, chunk_len, per_token, 
     columns = -(-n // piece)  # no empty column
     warmup = min(warmup, piece)  # so that a warm-up never reaches before the stream
     # Stream position read by column j at step t: j*L - warmup + t, for t in [0, warmup + L).
-    positions = (torch.arange(columns, device=device) * piece - warmup).unsqueeze(1) \
-        + torch.arange(warmup + piece, device=device)  # [N, W + L]
+    positions = (torch.arange(columns, device=device) * piece - warmup).unsqueeze(1) + torch.arange(
+        warmup + piece, device=device
+    )  # [N, W + L]
     positions = positions.clamp(0, n - 1)  # column 0's warm-up, the last column's tail: dropped below
     with _inference(device, bf16):
         distinct, word_index = torch.unique(inputs, return_inverse=True)  # [U], [n]
@@ -326,14 +333,16 @@ def _pipelined_logprobs(model, chunks: _Chunks, token_logprobs, bf16, bar) -> It
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for step in range(len(chunks) + num_layers):
-                tasks = [pool.submit(run_layer, i, step - i) for i in range(num_layers)
-                         if 0 <= step - i < len(chunks)]
+                tasks = [pool.submit(run_layer, i, step - i) for i in range(num_layers) if 0 <= step - i < len(chunks)]
                 k = step - num_layers
                 if k >= 0:
                     length = chunks.target(k).numel()
                     cuts = np.linspace(0, length, 2 * workers + 1).astype(int)
-                    tasks += [pool.submit(run_softmax, k, j, slice(a, b))
-                              for j, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])) if b > a]
+                    tasks += [
+                        pool.submit(run_softmax, k, j, slice(a, b))
+                        for j, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]))
+                        if b > a
+                    ]
                 for task in tasks:
                     task.result()  # re-raises a worker's error here
                 if k >= 0:

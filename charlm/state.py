@@ -36,8 +36,8 @@ from safetensors.torch import load_file, save_file
 
 from charlm.checkpoint import error_reason
 from charlm.config import ModelConfig, TrainConfig, config_from_dict
-from charlm.io import atomic_write_text, save_json
 from charlm.errors import CharlmError
+from charlm.io import atomic_write_text, save_json
 
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -54,7 +54,8 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [
-        p for p in root.iterdir()
+        p
+        for p in root.iterdir()
         if p.is_dir() and p.name.startswith("step-") and "." not in p.name and (p / COMPLETE_MARKER).is_file()
     ]
     return sorted(found, key=lambda p: p.name)
@@ -79,8 +80,14 @@ def recover_checkpoints(output_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, progress: dict[str, Any], state: dict[str, torch.Tensor],
-                    keep: int, average: dict[str, torch.Tensor] | None = None) -> None:
+def save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: Path,
+    progress: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    keep: int,
+    average: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Write a resumable state: to ``step-N.tmp``, then a completeness marker, then rename.
     ``average``: the weight average to keep with it (the same on every process; empty: none).
 
@@ -110,8 +117,10 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, progress: dict[s
             shutil.rmtree(tmp, ignore_errors=True)
         newest = complete_checkpoints(output_dir)
         kept = f"the newest complete state, {newest[-1]}, is intact" if newest else "no earlier state was saved"
-        raise CharlmError(f"could not write the checkpoint {tmp} ({error_reason(err)}); is the disk full? {kept}; "
-                          "free some space and run again with --resume") from None
+        raise CharlmError(
+            f"could not write the checkpoint {tmp} ({error_reason(err)}); is the disk full? {kept}; "
+            "free some space and run again with --resume"
+        ) from None
     if accelerator.is_main_process:
         if final.exists():  # the same update saved again (a resumed run): swap, never delete first
             shutil.rmtree(old, ignore_errors=True)
@@ -133,11 +142,18 @@ def read_data_pickle(path: Path) -> Any:
     states: data only, never code. A pickle that references anything else (a planted file) raises
     ``pickle.UnpicklingError``."""
     if not hasattr(torch.serialization, "safe_globals"):
-        raise CharlmError(f"resuming needs torch >= 2.5 to read {path.name} without running code from it "
-                          f"(installed: {torch.__version__}); upgrade torch")
+        raise CharlmError(
+            f"resuming needs torch >= 2.5 to read {path.name} without running code from it "
+            f"(installed: {torch.__version__}); upgrade torch"
+        )
     np_core = getattr(np, "_core", None) or np.core
-    allowed = [np_core.multiarray._reconstruct, np.ndarray, np.dtype, codecs.encode,
-               *{type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64, np.uint8)}]
+    allowed = [
+        np_core.multiarray._reconstruct,
+        np.ndarray,
+        np.dtype,
+        codecs.encode,
+        *{type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64, np.uint8)},
+    ]
     with warnings.catch_warnings(), torch.serialization.safe_globals(allowed):
         warnings.simplefilter("ignore")  # torch warns about pickle protocols on the way to refusing a file
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -158,7 +174,9 @@ def load_checkpoint(
     rank = accelerator.process_index
     hidden_file = directory / f"hidden_{rank}.safetensors"
     if not hidden_file.is_file():
-        raise CharlmError(f"{directory} was saved by a run with fewer processes; resume with the same number of processes")
+        raise CharlmError(
+            f"{directory} was saved by a run with fewer processes; resume with the same number of processes"
+        )
     rng_file = directory / f"{RNG_STATE_NAME}_{rank}.pkl"
     needed = [directory / SAFE_WEIGHTS_NAME, directory / f"{OPTIMIZER_NAME}.bin", rng_file, directory / PROGRESS_FILE]
     missing = [p.name for p in needed if not p.is_file()]
@@ -180,13 +198,17 @@ def load_checkpoint(
             raise ValueError(f"{PROGRESS_FILE} is not a training progress record")
         state = {name: tensor.to(device) for name, tensor in load_file(str(hidden_file)).items()}
     except pickle.UnpicklingError:
-        raise CharlmError(f"refusing to load checkpoint {directory}: a file in it holds pickled objects other than "
-                          f"tensors, which could run code; {fix}") from None
+        raise CharlmError(
+            f"refusing to load checkpoint {directory}: a file in it holds pickled objects other than "
+            f"tensors, which could run code; {fix}"
+        ) from None
     except Exception as err:  # each reader raises its own kind of error for a truncated or foreign file
         raise CharlmError(f"cannot load checkpoint {directory} ({error_reason(err)}); {fix}") from None
     if expected_state is not None and _shapes(state) != _shapes(expected_state):
-        raise CharlmError(f"checkpoint {directory} was saved with another train.batch_size or model (core state "
-                          f"{_shapes(state)}, this run {_shapes(expected_state)}); resume with the same config")
+        raise CharlmError(
+            f"checkpoint {directory} was saved with another train.batch_size or model (core state "
+            f"{_shapes(state)}, this run {_shapes(expected_state)}); resume with the same config"
+        )
     return progress, state
 
 
@@ -196,8 +218,10 @@ def load_average(directory: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as err:  # missing, truncated or foreign
-        raise CharlmError(f"cannot load the weight average {path} ({error_reason(err)}); delete {directory} to resume "
-                          "from the state before it, or start a new run") from None
+        raise CharlmError(
+            f"cannot load the weight average {path} ({error_reason(err)}); delete {directory} to resume "
+            "from the state before it, or start a new run"
+        ) from None
 
 
 def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -215,10 +239,11 @@ def check_same_model(run_config: Path, model: ModelConfig) -> None:
     if differ:
         name = differ[0]
         raise CharlmError(
-            f"cannot resume: the run in {run_config.parent} was trained with model.{name}={getattr(saved, name)!r}, this "
-            f"command asks for {getattr(model, name)!r}" + (f" ({len(differ) - 1} more field(s) differ)" if len(differ) > 1
-                                                             else "")
-            + f"; resume with the run's own config (--config {run_config}) or start a new --output-dir")
+            f"cannot resume: the run in {run_config.parent} was trained with "
+            f"model.{name}={getattr(saved, name)!r}, this command asks for {getattr(model, name)!r}"
+            + (f" ({len(differ) - 1} more field(s) differ)" if len(differ) > 1 else "")
+            + f"; resume with the run's own config (--config {run_config}) or start a new --output-dir"
+        )
 
 
 def drop_later_records(metrics: Path, step: int) -> None:
@@ -269,7 +294,9 @@ def prepare_output_dir(output_dir: Path, resume: bool, needed_bytes: int = 0) ->
     except OSError as err:
         if created and output_dir.is_dir() and not any(output_dir.iterdir()):
             output_dir.rmdir()
-        raise CharlmError(f"cannot write to output directory {output_dir} ({err.strerror}); choose another --output-dir") from None
+        raise CharlmError(
+            f"cannot write to output directory {output_dir} ({err.strerror}); choose another --output-dir"
+        ) from None
 
 
 def state_bytes(model: torch.nn.Module, tc: TrainConfig) -> tuple[int, int]:

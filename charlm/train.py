@@ -39,12 +39,12 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-from dataclasses import dataclass, field, fields
 import json
 import math
 import signal
 import sys
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,9 +56,9 @@ from tqdm.auto import tqdm
 from charlm.averaging import WeightAverage
 from charlm.checkpoint import export_model, non_finite, recover_export
 from charlm.config import RunConfig, TrainConfig, describe_fields, load_config
-from charlm.io import save_json
 from charlm.corpus import TextStream, load_corpus
 from charlm.errors import CharlmError
+from charlm.io import save_json
 from charlm.model import CharLM, describe_model
 from charlm.nn import detach_state
 from charlm.runtime import AUTOCAST_DTYPES, Step, StopRequest, choose_precision, configure_threads, run_record
@@ -67,20 +67,20 @@ from charlm.state import (
     BEST_DIR,
     CHECKPOINTS_DIR,
     METRICS_FILE,
+    RUN_CONFIG_FILE,
+    check_same_model,
     complete_checkpoints,
     drop_later_records,
     load_average,
     load_checkpoint,
     prepare_output_dir,
     recover_checkpoints,
-    RUN_CONFIG_FILE,
-    check_same_model,
     save_checkpoint,
     state_bytes,
 )
 
-STOP_CHECK_EVERY = 10
-TRACKING_PROJECT = "charlm"  # the trackers' project name (TensorBoard: OUTPUT_DIR/charlm/)  # with several processes, a SIGINT/SIGTERM is agreed on every N updates
+STOP_CHECK_EVERY = 10  # with several processes, a SIGINT/SIGTERM is agreed on every N updates
+TRACKING_PROJECT = "charlm"  # the trackers' project name (TensorBoard: OUTPUT_DIR/charlm/)
 
 
 def tracker(report_to: str) -> str | None:
@@ -91,8 +91,10 @@ def tracker(report_to: str) -> str | None:
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
     if report_to != "all" and report_to not in LOGGER_TYPE_TO_CLASS:
-        raise CharlmError(f"train.report_to={report_to!r} is not a tracker accelerate knows; use none, all or one "
-                          f"of: {', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
+        raise CharlmError(
+            f"train.report_to={report_to!r} is not a tracker accelerate knows; use none, all or one "
+            f"of: {', '.join(sorted(LOGGER_TYPE_TO_CLASS))}"
+        )
     available = {str(t) for t in get_available_trackers()}
     if report_to != "all" and report_to not in available:
         extra = " (pip install charlm[tensorboard])" if report_to == "tensorboard" else f" (pip install {report_to})"
@@ -255,8 +257,14 @@ class Run:
     steps: :meth:`update` (one chunk), :meth:`end_epoch` (validate, export, record, learning-rate
     rule), :meth:`checkpoint`. :func:`train` drives them."""
 
-    def __init__(self, config: RunConfig, data_dir: str | Path, output_dir: str | Path, resume: bool,
-                 config_name: str | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        data_dir: str | Path,
+        output_dir: str | Path,
+        resume: bool,
+        config_name: str | None = None,
+    ):
         tc = self.tc = config.train
         self.output_dir, self.resume, self.config_name = Path(output_dir), resume, config_name
         # The process group, as Accelerator below would make it (and then reuses); it may set threads.
@@ -268,18 +276,26 @@ class Run:
         self.vocab, self.splits, _ = load_corpus(data_dir)
         vocab = self.vocab
         model_config = dataclasses.replace(
-            config.model, vocab_size=len(vocab), char_vocab_size=len(vocab.chars), max_word_length=vocab.max_word_length)
+            config.model, vocab_size=len(vocab), char_vocab_size=len(vocab.chars), max_word_length=vocab.max_word_length
+        )
         self.config = dataclasses.replace(config, model=model_config)
         model = CharLM(model_config, vocab.spellings() if model_config.uses_spellings else None)
         model.set_padding_gradient(tc.clip_padding_gradient)
         self.rows = tc.batch_size * processes.num_processes
-        self.stream = TextStream(self.splits["train"], self.rows, tc.seq_len,
-                                 processes.process_index * tc.batch_size, tc.batch_size)
+        self.stream = TextStream(
+            self.splits["train"], self.rows, tc.seq_len, processes.process_index * tc.batch_size, tc.batch_size
+        )
 
         shapes = f"{describe_model(model_config)}, {len(vocab)} words, {tc.batch_size} x {tc.seq_len}"
-        self.precision = _main_process_decides(processes, lambda: choose_precision(
-            tc.mixed_precision, processes.device.type, probe_step(model, self.stream, tc.batch_size, processes.device),
-            shapes))
+        self.precision = _main_process_decides(
+            processes,
+            lambda: choose_precision(
+                tc.mixed_precision,
+                processes.device.type,
+                probe_step(model, self.stream, tc.batch_size, processes.device),
+                shapes,
+            ),
+        )
         _forget_earlier_precision(self.precision.precision)
         self.accelerator = accelerator = Accelerator(
             log_with=tracker(tc.report_to),
@@ -335,8 +351,10 @@ class Run:
             if since is not None and step > since:  # averaged SGD was running: its mean of step - since updates
                 self.average.load_state_dict(load_average(checkpoints[-1]), step - since)
             if accelerator.is_main_process:
-                print(f"resuming from {checkpoints[-1]} (epoch {self.progress.epoch + 1}, "
-                      f"update {self.progress.global_step})")
+                print(
+                    f"resuming from {checkpoints[-1]} (epoch {self.progress.epoch + 1}, "
+                    f"update {self.progress.global_step})"
+                )
                 drop_later_records(output_dir / METRICS_FILE, self.progress.global_step)
         elif self.resume and accelerator.is_main_process:
             print(f"no complete checkpoint in {output_dir / CHECKPOINTS_DIR}; starting from scratch")
@@ -347,8 +365,11 @@ class Run:
         """Open the trackers of ``train.report_to`` (after the output folder was checked), with the
         config as hyperparameters (lists written as text: trackers take scalars)."""
         if self.tc.report_to != "none":
-            flat = {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
-                    for section, values in self.config.to_dict().items() for key, value in values.items()}
+            flat = {
+                f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
+                for section, values in self.config.to_dict().items()
+                for key, value in values.items()
+            }
             self.accelerator.init_trackers(TRACKING_PROJECT, config=flat)
 
     def print_summary(self) -> None:
@@ -359,8 +380,9 @@ class Run:
         print(
             f"charlm train: {self.raw_model.num_parameters():,} parameters | {describe_model(mc)} | vocab "
             f"{len(self.vocab):,} words, {len(self.vocab.chars)} chars, spellings of {self.vocab.max_word_length}\n"
-            f"  {accelerator.num_processes} process(es) on {accelerator.device}, {self.threads} thread(s) each, precision "
-            f"{self.precision.describe()}\n  {self.rows} rows x {tc.seq_len} steps = {self.rows * tc.seq_len:,} tokens "
+            f"  {accelerator.num_processes} process(es) on {accelerator.device}, {self.threads} thread(s) each, "
+            f"precision {self.precision.describe()}\n"
+            f"  {self.rows} rows x {tc.seq_len} steps = {self.rows * tc.seq_len:,} tokens "
             f"per chunk, {tc.gradient_accumulation_steps} chunk(s) per update | {self.updates_per_epoch:,} updates per "
             f"epoch, {tc.max_epochs} epochs" + (f", at most {tc.max_steps} updates" if tc.max_steps else ""),
             flush=True,
@@ -400,15 +422,26 @@ class Run:
         if bad or bad_weights:
             newest = complete_checkpoints(self.output_dir)
             kept = f"the last good state is {newest[-1]}" if newest else "no state was saved before it"
-            what = (f"training loss became non-finite at update {bad}" if bad else
-                    f"model weights became non-finite by update {self.progress.global_step}")
-            raise CharlmError(f"{what} (epoch {epoch}); stopped without saving it, {kept}; lower train.lr "
-                              "or set train.grad_clip and train again")
+            what = (
+                f"training loss became non-finite at update {bad}"
+                if bad
+                else f"model weights became non-finite by update {self.progress.global_step}"
+            )
+            raise CharlmError(
+                f"{what} (epoch {epoch}); stopped without saving it, {kept}; lower train.lr "
+                "or set train.grad_clip and train again"
+            )
 
     def checkpoint(self, epoch: int) -> None:
         self.check_finite(epoch, weights=True)
-        save_checkpoint(self.accelerator, self.output_dir, dataclasses.asdict(self.progress), self.state,
-                        self.tc.keep_checkpoints, self.average.mean)
+        save_checkpoint(
+            self.accelerator,
+            self.output_dir,
+            dataclasses.asdict(self.progress),
+            self.state,
+            self.tc.keep_checkpoints,
+            self.average.mean,
+        )
 
     def fold_counters(self, nll_sum: torch.Tensor, train_start: float) -> None:
         """Add the loss summed since the last fold (from every process) and the time to the
@@ -449,8 +482,13 @@ class Run:
         tc, progress, accelerator = self.tc, self.progress, self.accelerator
         train_tokens = progress.chunk * self.rows * tc.seq_len
         train_ppl = safe_exp(sum(progress.epoch_nll) / max(train_tokens, 1))
-        valid_ppl = score_stream(self.raw_model, self.splits["valid"], self.vocab.eos_id, tc.eval_chunk_len,
-                                 progress=accelerator.is_local_main_process).perplexity
+        valid_ppl = score_stream(
+            self.raw_model,
+            self.splits["valid"],
+            self.vocab.eos_id,
+            tc.eval_chunk_len,
+            progress=accelerator.is_local_main_process,
+        ).perplexity
         if not math.isfinite(valid_ppl):
             raise CharlmError(f"validation perplexity is not finite in epoch {epoch}; nothing exported. Lower train.lr")
         record = EpochRecord(
@@ -466,8 +504,9 @@ class Run:
         improved = valid_ppl < progress.best_valid
         progress.best_valid = min(progress.best_valid, valid_ppl)
         if tc.report_to != "none":
-            self.accelerator.log({"valid/ppl": valid_ppl, "train/epoch_ppl": train_ppl, "epoch": record.epoch},
-                                 step=progress.global_step)
+            self.accelerator.log(
+                {"valid/ppl": valid_ppl, "train/epoch_ppl": train_ppl, "epoch": record.epoch}, step=progress.global_step
+            )
         if accelerator.is_main_process:
             self.write_record(record, improved)
         return valid_ppl
@@ -475,19 +514,35 @@ class Run:
     def write_record(self, record: EpochRecord, improved: bool) -> None:
         """Main process: export best/ if validation improved, append the record, print it."""
         if improved:
-            identity = run_record(config=self.config_name, parameters=self.raw_model.num_parameters(),
-                                  epoch=record.epoch, seed=self.tc.seed, precision=self.precision.name,
-                                  device_type=self.accelerator.device.type, processes=self.accelerator.num_processes)
-            export_model(self.raw_model, self.vocab, self.output_dir / BEST_DIR, extra={
-                "train": dataclasses.asdict(self.tc), "valid_ppl": record.valid_ppl, "epoch": record.epoch,
-                "run": identity})
+            identity = run_record(
+                config=self.config_name,
+                parameters=self.raw_model.num_parameters(),
+                epoch=record.epoch,
+                seed=self.tc.seed,
+                precision=self.precision.name,
+                device_type=self.accelerator.device.type,
+                processes=self.accelerator.num_processes,
+            )
+            export_model(
+                self.raw_model,
+                self.vocab,
+                self.output_dir / BEST_DIR,
+                extra={
+                    "train": dataclasses.asdict(self.tc),
+                    "valid_ppl": record.valid_ppl,
+                    "epoch": record.epoch,
+                    "run": identity,
+                },
+            )
         try:
             with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as f:
                 values = {key: value for key, value in dataclasses.asdict(record).items() if value is not None}
                 f.write(json.dumps(values) + "\n")
         except OSError as err:
-            raise CharlmError(f"could not write {self.output_dir / METRICS_FILE} ({err.strerror}); is the disk "
-                              "full? free some space and run again with --resume") from None
+            raise CharlmError(
+                f"could not write {self.output_dir / METRICS_FILE} ({err.strerror}); is the disk "
+                "full? free some space and run again with --resume"
+            ) from None
         averaged = f" (weights averaged over {record.averaged_updates:,} updates)" if record.averaged_updates else ""
         tqdm.write(
             f"epoch {record.epoch}: train ppl {record.train_ppl:.2f} | valid ppl {record.valid_ppl:.2f}"
@@ -503,18 +558,31 @@ class Run:
         mean_nll = (progress.epoch_nll[self.accelerator.process_index] + float(nll_sum)) / done_tokens
         elapsed = progress.epoch_train_seconds + time.time() - train_start
         tokens_per_sec = (k + 1) * self.rows * tc.seq_len / max(elapsed, 1e-9)
-        bar.set_postfix(ppl=f"{safe_exp(min(mean_nll, 50)):.1f}", lr=f"{progress.lr:g}",
-                        tok_s=f"{tokens_per_sec:,.0f}", refresh=False)
+        bar.set_postfix(
+            ppl=f"{safe_exp(min(mean_nll, 50)):.1f}",
+            lr=f"{progress.lr:g}",
+            tok_s=f"{tokens_per_sec:,.0f}",
+            refresh=False,
+        )
         if tc.report_to != "none":
-            values = {"train/loss": mean_nll, "train/ppl": safe_exp(mean_nll), "train/lr": progress.lr,
-                      "train/tokens_per_sec": tokens_per_sec}
+            values = {
+                "train/loss": mean_nll,
+                "train/ppl": safe_exp(mean_nll),
+                "train/lr": progress.lr,
+                "train/tokens_per_sec": tokens_per_sec,
+            }
             if self.grad_norm is not None:
                 values["train/grad_norm"] = float(self.grad_norm)
             self.accelerator.log(values, step=progress.global_step)
 
 
-def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resume: bool = False,
-          config_name: str | None = None) -> dict[str, Any]:
+def train(
+    config: RunConfig,
+    data_dir: str | Path,
+    output_dir: str | Path,
+    resume: bool = False,
+    config_name: str | None = None,
+) -> dict[str, Any]:
     """Train a model; returns a summary (best validation perplexity, steps, seconds, and
     ``stopped_by``: the number of the signal that stopped the run early, else 0). ``config_name``
     (the ``--config`` given) is recorded with the exported model."""
@@ -538,9 +606,15 @@ def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resum
             if progress.chunk == 0:
                 run.state = run.raw_model.initial_state(tc.batch_size)  # a new pass over the text starts fresh
             run.model.train()
-            bar = tqdm(total=run.chunks_per_epoch, initial=progress.chunk, desc=f"epoch {epoch}/{tc.max_epochs}",
-                       unit="chunk", disable=not accelerator.is_local_main_process, dynamic_ncols=True,
-                       mininterval=1.0)
+            bar = tqdm(
+                total=run.chunks_per_epoch,
+                initial=progress.chunk,
+                desc=f"epoch {epoch}/{tc.max_epochs}",
+                unit="chunk",
+                disable=not accelerator.is_local_main_process,
+                dynamic_ncols=True,
+                mininterval=1.0,
+            )
             # This process's summed NLL over the chunks trained since the last checkpoint.
             nll_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
             train_start = time.time()
@@ -592,9 +666,12 @@ def train(config: RunConfig, data_dir: str | Path, output_dir: str | Path, resum
     }
     if accelerator.is_main_process:
         if stopped_by:
-            print(f"stopped by {signal.Signals(stopped_by).name} after update {progress.global_step}; state "
-                  f"saved in {complete_checkpoints(output_dir)[-1]}; to continue, run the same command with --resume",
-                  file=sys.stderr, flush=True)
+            print(
+                f"stopped by {signal.Signals(stopped_by).name} after update {progress.global_step}; state "
+                f"saved in {complete_checkpoints(output_dir)[-1]}; to continue, run the same command with --resume",
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             _write_plot(output_dir)
             print(f"done: best valid ppl {summary['best_valid_ppl']:.2f}; model exported to {output_dir / BEST_DIR}")
@@ -616,10 +693,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file with 'model' and 'train' sections (see configs/)")
     parser.add_argument("--data-dir", required=True, help="a corpus directory written by `charlm prepare`")
     parser.add_argument("--output-dir", required=True, help="where best/, checkpoints/ and metrics.jsonl go")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest complete state in OUTPUT_DIR/checkpoints (mid-epoch included)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. train.max_epochs=2 model.dropout=0.3 (a bare key works when unambiguous)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest complete state in OUTPUT_DIR/checkpoints (mid-epoch included)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. train.max_epochs=2 model.dropout=0.3 (a bare key works when unambiguous)",
+    )
     parser.epilog = "config keys:\n" + describe_fields()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 

@@ -133,9 +133,7 @@ class VocabOptions:
     )
     lowercase: bool | None = field(
         default=None,
-        metadata={
-            "help": "lowercase the text before anything else; unset: on for --demo, off otherwise"
-        },
+        metadata={"help": "lowercase the text before anything else; unset: on for --demo, off otherwise"},
     )
     vocab_size: int | None = field(
         default=None,
@@ -149,9 +147,7 @@ class VocabOptions:
         default=1,
         metadata={"help": "word mode: training words seen fewer times than this become <unk>"},
     )
-    sp_model_type: str = field(
-        default="unigram", metadata={"help": "sentencepiece mode: the model type"}
-    )
+    sp_model_type: str = field(default="unigram", metadata={"help": "sentencepiece mode: the model type"})
     max_word_length: int = field(
         default=DEFAULT_MAX_WORD_LENGTH,
         metadata={
@@ -533,8 +529,7 @@ class WordCounter:
         counted if the lines are training lines."""
         text = lines_text(lines, self.options.lowercase, self.options.add_eos)
         ids = np.concatenate(
-            [self._provisional_ids(split_words(window, self.options.pre_tokenizer))
-             for window in text_windows(text)]
+            [self._provisional_ids(split_words(window, self.options.pre_tokenizer)) for window in text_windows(text)]
         )
         if train:
             counts = np.bincount(ids)  # [largest id + 1]
@@ -717,8 +712,7 @@ class Vocabulary:
         line of any length takes bounded memory.
         """
         text = lines_text(list(lines), self.lowercase, self.add_eos)
-        windows = [np.array(*self._backend.encode_batch([window]), dtype=np.int32)
-                   for window in text_windows(text)]
+        windows = [np.array(*self._backend.encode_batch([window]), dtype=np.int32) for window in text_windows(text)]
         return np.concatenate(windows)
 
     def decode(self, ids: Sequence[int]) -> str:

@@ -39,8 +39,7 @@ def disk_errors(path: Path) -> Iterator[None]:
         yield
     except OSError as err:
         raise CharlmError(
-            f"could not write {path} ({err.strerror or err}); free some disk space or choose "
-            "another --output-dir"
+            f"could not write {path} ({err.strerror or err}); free some disk space or choose another --output-dir"
         ) from None
 
 
@@ -130,8 +129,7 @@ def _sibling_dir(path: Path, suffix: str) -> Path:
 def npy_header(length: int) -> bytes:
     """The .npy header of ``length`` ids, byte for byte what ``np.save`` writes."""
     buffer = io.BytesIO()
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(ID_DTYPE)), "fortran_order": False,
-              "shape": (length,)}
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(ID_DTYPE)), "fortran_order": False, "shape": (length,)}
     np.lib.format.write_array_header_1_0(buffer, header)
     return buffer.getvalue()
 

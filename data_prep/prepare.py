@@ -72,9 +72,7 @@ class PrepareConfig(VocabOptions):
     :class:`~charlm.vocab.VocabOptions`, how the vocabulary is built). The defaults here are
     the only ones: the command line reads them from this class."""
 
-    output_dir: str | None = field(
-        default=None, metadata={"help": "directory to write the prepared corpus to"}
-    )
+    output_dir: str | None = field(default=None, metadata={"help": "directory to write the prepared corpus to"})
     train_file: str | None = field(
         default=None, metadata={"help": "training text, one sentence or paragraph per line (UTF-8)"}
     )
@@ -93,29 +91,21 @@ class PrepareConfig(VocabOptions):
             "directory of data files, a json/jsonl/csv/parquet/txt file (or glob), or a hub name"
         },
     )
-    dataset_config: str | None = field(
-        default=None, metadata={"help": "configuration name of a --dataset on the hub"}
-    )
-    text_column: str = field(
-        default="text", metadata={"help": "the --dataset column holding the text"}
-    )
+    dataset_config: str | None = field(default=None, metadata={"help": "configuration name of a --dataset on the hub"})
+    text_column: str = field(default="text", metadata={"help": "the --dataset column holding the text"})
     demo: bool = field(
         default=False,
         metadata={"help": "the built-in offline demo corpus (the help texts of Python's docs)"},
     )
     valid_fraction: float = field(
         default=0.05,
-        metadata={
-            "help": "share of train lines carved out as the validation split when there is none"
-        },
+        metadata={"help": "share of train lines carved out as the validation split when there is none"},
     )
     test_fraction: float = field(
         default=0.05,
         metadata={"help": "share of train lines carved out as the test split when there is none"},
     )
-    split_seed: int = field(
-        default=0, metadata={"help": "random seed of the choice of lines carved out of train"}
-    )
+    split_seed: int = field(default=0, metadata={"help": "random seed of the choice of lines carved out of train"})
     workers: int | None = field(
         default=None,
         metadata={
@@ -288,8 +278,7 @@ def describe_source(config: PrepareConfig) -> dict:
         return dataset_source(config.dataset, config.dataset_config, config.text_column)
     files = {"train": config.train_file, "valid": config.valid_file, "test": config.test_file}
     absolute = {
-        split: None if path is None else str(Path(path).expanduser().absolute())
-        for split, path in files.items()
+        split: None if path is None else str(Path(path).expanduser().absolute()) for split, path in files.items()
     }
     return {"kind": "files", **absolute}
 
@@ -324,15 +313,12 @@ def prepare_words(
         vocab, stretches = numbering.vocabulary()
     with progress_bar("numbering (2/2)", total=sum(tokens.values())) as progress:
         unk = {
-            split: renumber(directory / split_file(split), stretches[split], vocab.unk_id, progress)
-            for split in SPLITS
+            split: renumber(directory / split_file(split), stretches[split], vocab.unk_id, progress) for split in SPLITS
         }
     return vocab, split_statistics(lines, tokens, unk)
 
 
-def prepare_pieces(
-    splits: SplitSources, options: VocabOptions, directory: Path
-) -> tuple[Vocabulary, dict]:
+def prepare_pieces(splits: SplitSources, options: VocabOptions, directory: Path) -> tuple[Vocabulary, dict]:
     """Sentencepiece mode, in two reads of the text: pass 1 trains the model on (a sample of)
     the training lines and checks the other splits, pass 2 encodes every split into its array.
     Returns the vocabulary and the statistics of each split."""
@@ -371,10 +357,7 @@ def write_splits(
     lines and the ids written per split."""
     lines = dict.fromkeys(SPLITS, 0)
     with ExitStack() as stack:
-        writers = {
-            split: stack.enter_context(IdArrayWriter(directory / split_file(split)))
-            for split in SPLITS
-        }
+        writers = {split: stack.enter_context(IdArrayWriter(directory / split_file(split))) for split in SPLITS}
         progress = stack.enter_context(progress_bar(description))
         for split, count, ids in encoded:
             writers[split].write(ids)
@@ -393,9 +376,7 @@ def split_statistics(lines: dict, tokens: dict, unk: dict) -> dict:
 
 def progress_bar(description: str, unit: str = "tok", total: int | None = None) -> tqdm:
     """A progress bar with the rate in ``unit``/s, shown only if the step takes a while."""
-    return tqdm(
-        total=total, desc=description, unit=unit, unit_scale=True, delay=PROGRESS_DELAY_S, leave=False
-    )
+    return tqdm(total=total, desc=description, unit=unit, unit_scale=True, delay=PROGRESS_DELAY_S, leave=False)
 
 
 def check_output_dir(output_dir: Path, source: dict, options: dict) -> None:
@@ -410,13 +391,10 @@ def check_output_dir(output_dir: Path, source: dict, options: dict) -> None:
     try:
         meta = read_meta(output_dir)
     except CharlmError:
-        raise CharlmError(
-            f"--output-dir {output_dir} is not empty and holds no prepared corpus; {fix}"
-        ) from None
+        raise CharlmError(f"--output-dir {output_dir} is not empty and holds no prepared corpus; {fix}") from None
     if meta.get("source") != source or meta.get("options") != options:
         raise CharlmError(
-            f"--output-dir {output_dir} holds a corpus prepared from another source or with "
-            f"other options; {fix}"
+            f"--output-dir {output_dir} holds a corpus prepared from another source or with other options; {fix}"
         )
 
 

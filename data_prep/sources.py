@@ -236,9 +236,7 @@ class DatasetSplit:
         except CharlmError:
             raise
         except Exception as err:  # a streamed file can turn out unreadable only now
-            raise CharlmError(
-                f"could not read {self.name} ({_first_line(err)}); check the data files"
-            ) from None
+            raise CharlmError(f"could not read {self.name} ({_first_line(err)}); check the data files") from None
 
     def _check_column(self, columns: list[str]) -> None:
         if self.text_column not in columns:

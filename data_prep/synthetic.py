@@ -61,8 +61,7 @@ def zipf_cdf(vocab_size: int, exponent: float) -> np.ndarray:
     return cdf / cdf[-1]
 
 
-def synthetic_text(words: list[str], cdf: np.ndarray, tokens: int, mean_line_tokens: float,
-                   rng: np.random.Generator):
+def synthetic_text(words: list[str], cdf: np.ndarray, tokens: int, mean_line_tokens: float, rng: np.random.Generator):
     """Yield ``(text, tokens in it)`` chunks: ``tokens`` Zipfian tokens in lines, each line ended
     by a newline."""
     vocabulary = np.array(words, dtype=object)
@@ -77,24 +76,40 @@ def synthetic_text(words: list[str], cdf: np.ndarray, tokens: int, mean_line_tok
         yield "".join(pieces.tolist()), n
 
 
-def write_synthetic_file(path: str | os.PathLike, words: list[str], tokens: int, *, seed: int,
-                         stream: int = 0, exponent: float = 1.0, mean_line_tokens: float = 20.0) -> None:
+def write_synthetic_file(
+    path: str | os.PathLike,
+    words: list[str],
+    tokens: int,
+    *,
+    seed: int,
+    stream: int = 0,
+    exponent: float = 1.0,
+    mean_line_tokens: float = 20.0,
+) -> None:
     """Write ``tokens`` tokens to ``path`` (under a temporary name, renamed when complete).
     ``stream`` picks an independent random stream of the same seed (one per file)."""
     path = Path(path)
     rng = np.random.default_rng([seed, 1, stream])
-    progress = tqdm(total=tokens, desc=f"writing {path.name}", unit="tok", unit_scale=True,
-                    delay=PROGRESS_DELAY_S, leave=False)
+    progress = tqdm(
+        total=tokens, desc=f"writing {path.name}", unit="tok", unit_scale=True, delay=PROGRESS_DELAY_S, leave=False
+    )
     with atomic_open(path, "w") as out, progress:  # ASCII text: the same bytes in UTF-8
-        for text, n in synthetic_text(words, zipf_cdf(len(words), exponent), tokens,
-                                      mean_line_tokens, rng):
+        for text, n in synthetic_text(words, zipf_cdf(len(words), exponent), tokens, mean_line_tokens, rng):
             out.write(text)
             progress.update(n)
 
 
-def make_synthetic_corpus(*, tokens: int, vocab_size: int = 100_000, seed: int = 0, output: str | None = None,
-                          output_dir: str | None = None, eval_tokens: int | None = None,
-                          exponent: float = 1.0, mean_line_tokens: float = 20.0) -> list[Path]:
+def make_synthetic_corpus(
+    *,
+    tokens: int,
+    vocab_size: int = 100_000,
+    seed: int = 0,
+    output: str | None = None,
+    output_dir: str | None = None,
+    eval_tokens: int | None = None,
+    exponent: float = 1.0,
+    mean_line_tokens: float = 20.0,
+) -> list[Path]:
     """Write one file (``output``) or train/valid/test.txt (``output_dir``); returns the paths.
     The valid and test files get ``eval_tokens`` tokens each (default: tokens / 20)."""
     if (output is None) == (output_dir is None):
@@ -112,36 +127,53 @@ def make_synthetic_corpus(*, tokens: int, vocab_size: int = 100_000, seed: int =
             raise CharlmError(f"--eval-tokens must be at least 1, not {eval_tokens}")
         directory = Path(output_dir)
         directory.mkdir(parents=True, exist_ok=True)
-        sizes = {directory / f"{split}.txt": n
-                 for split, n in (("train", tokens), ("valid", eval_tokens), ("test", eval_tokens))}
+        sizes = {
+            directory / f"{split}.txt": n
+            for split, n in (("train", tokens), ("valid", eval_tokens), ("test", eval_tokens))
+        }
     words = random_words(vocab_size, seed)
     for stream, (path, n) in enumerate(sizes.items()):
         if not path.parent.is_dir():
             raise CharlmError(f"{path.parent} does not exist; create it or choose another --output")
-        write_synthetic_file(path, words, n, seed=seed, stream=stream, exponent=exponent,
-                             mean_line_tokens=mean_line_tokens)
+        write_synthetic_file(
+            path, words, n, seed=seed, stream=stream, exponent=exponent, mean_line_tokens=mean_line_tokens
+        )
     return list(sizes)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--tokens", type=int, required=True, help="tokens of the (training) text")
-    parser.add_argument("--vocab-size", type=int, default=100_000,
-                        help="number of different words drawn from (the rarest may not occur)")
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=100_000,
+        help="number of different words drawn from (the rarest may not occur)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same bytes")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--output", help="one text file to write")
     where.add_argument("--output-dir", help="a directory to write train.txt, valid.txt and test.txt to")
-    parser.add_argument("--eval-tokens", type=int, default=None,
-                        help="--output-dir: tokens of valid.txt and of test.txt (default: tokens / 20)")
+    parser.add_argument(
+        "--eval-tokens",
+        type=int,
+        default=None,
+        help="--output-dir: tokens of valid.txt and of test.txt (default: tokens / 20)",
+    )
     parser.add_argument("--zipf-exponent", type=float, default=1.0, help="exponent of the Zipf law")
     parser.add_argument("--mean-line-tokens", type=float, default=20.0, help="mean tokens per line")
     args = parser.parse_args(argv)
     try:
         paths = make_synthetic_corpus(
-            tokens=args.tokens, vocab_size=args.vocab_size, seed=args.seed, output=args.output,
-            output_dir=args.output_dir, eval_tokens=args.eval_tokens, exponent=args.zipf_exponent,
+            tokens=args.tokens,
+            vocab_size=args.vocab_size,
+            seed=args.seed,
+            output=args.output,
+            output_dir=args.output_dir,
+            eval_tokens=args.eval_tokens,
+            exponent=args.zipf_exponent,
             mean_line_tokens=args.mean_line_tokens,
         )
     except CharlmError as err:

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The GPU record of issue 25, as one prepared script (run it first when a session is lent a GPU):
+# The GPU record, as one prepared script (run it first when a session is lent a GPU):
 #   1. which kernels the paper's model takes on the device (cuDNN LSTM, charlm's fused softmax);
 #   2. one epoch of ptb-char-small, its validation perplexity, then exact scoring of the test split;
 #   3. ptb-char-large training tokens/s through `charlm train`, 1 process, bf16 and fp32
-#      (UPDATES timed updates after WARMUP, default 200 after 20).
+#      (UPDATES timed updates after WARMUP, default 200 after 20);
+#   4. the fused RHN scan on the device: the same outputs and gradients as the step-by-step loop,
+#      and the forward+backward time of both for ptb-char-small-rhn-depth4's core (20 x 35, bf16);
+#      then that config's tokens/s through `charlm train` (the RHN is launch-bound on a GPU).
 # The order puts the correctness checks first: a call cut short loses only timings.
 # Everything goes to OUT_DIR (summary.txt, the JSON of each step, the run folders).
 #
@@ -56,3 +59,38 @@ for precision in bf16 no; do
         --warmup $warmup --updates $updates --json "$out/large-$precision.json" train.mixed_precision=$precision \
         | tail -3 | tee -a "$summary"
 done
+
+# 4. The fused RHN scan against the loop on this device, then the depth-4 recipe through the command.
+python - <<'PY' | tee -a "$summary"
+import time, torch
+from charlm.nn.rhn import RHNCore
+device = "cuda" if torch.cuda.is_available() else "cpu"
+torch.manual_seed(0)
+fused = RHNCore(525, 345, 4, fused=True).to(device)
+loop = RHNCore(525, 345, 4, fused=False).to(device)
+loop.load_state_dict(fused.state_dict())
+x = torch.randn(20, 35, 525, device=device)
+def step(core, dtype):
+    core.zero_grad()
+    with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
+        out, _ = core(x, core.initial_state(20))
+    out.float().square().mean().backward()
+    return out.float(), [p.grad.clone() for p in core.parameters()]
+(a, ga), (b, gb) = step(fused, torch.float32), step(loop, torch.float32)
+worst = max(float((g1 - g2).abs().max() / (g2.abs().max() + 1e-12)) for g1, g2 in zip(ga, gb))
+print(f"fused RHN vs loop, fp32: output max diff {float((a - b).abs().max()):.2e}, worst relative gradient diff {worst:.2e}")
+for name, core in (("fused", fused), ("loop", loop)):
+    for _ in range(3):
+        step(core, torch.bfloat16)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        step(core, torch.bfloat16)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    print(f"RHN depth 4 core, {name}, bf16 forward+backward: {(time.perf_counter() - start) / 10 * 1e3:.1f} ms per 20 x 35 chunk")
+PY
+python scripts/benchmark_commands.py --data-dir "$data" --config ptb-char-small-rhn-depth4 --commands charlm \
+    --warmup $warmup --updates $updates --json "$out/rhn-depth4.json" | tail -3 | tee -a "$summary"
+

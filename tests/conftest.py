@@ -11,13 +11,25 @@ from pathlib import Path
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MISSING_CORPORA = f"shared corpora not found at {SHARED_DATA}"
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say at the end, not only in the skip list, that tests did not run for want of the corpora."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if MISSING_CORPORA in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} test(s) skipped, NOT passed: {MISSING_CORPORA} "
+            "(put the PTB / Tiny Shakespeare / datas corpora there to run them)",
+            yellow=True,
+        )
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data``: ptb/, datas/{cs,de,es,fr}/, tinyshakespeare/."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared corpora not found at {SHARED_DATA}")
+        pytest.skip(MISSING_CORPORA)
     return SHARED_DATA
 
 
@@ -57,12 +69,28 @@ def prepare_grammar_corpus(root: Path, train_lines: int, eval_lines: int) -> Pat
     adjectives, nouns = ["big", "small", "red", "blue"], ["cat", "dog", "bird", "fox", "cow"]
     verbs, places = ["sat", "ran", "slept", "walked"], ["mat", "park", "home", "barn"]
     for split, n in (("train", train_lines), ("valid", eval_lines), ("test", eval_lines)):
-        lines = [f"the {rng.choice(adjectives)} {rng.choice(nouns)} {rng.choice(verbs)} on the {rng.choice(places)}"
-                 for _ in range(n)]
+        lines = [
+            f"the {rng.choice(adjectives)} {rng.choice(nouns)} {rng.choice(verbs)} on the {rng.choice(places)}"
+            for _ in range(n)
+        ]
         (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
     out = root / "prepared"
-    assert main(["prepare", "--train-file", str(root / "train.txt"), "--valid-file", str(root / "valid.txt"),
-                 "--test-file", str(root / "test.txt"), "--output-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--train-file",
+                str(root / "train.txt"),
+                "--valid-file",
+                str(root / "valid.txt"),
+                "--test-file",
+                str(root / "test.txt"),
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 

@@ -25,12 +25,47 @@ from charlm.corpus import load_corpus
 from charlm.model import CharLM
 from charlm.nn import detach_state
 
-SUBJECTS = ["the trader", "the traders", "a computer", "the computers", "richard", "edward", "the market",
-            "a teacher", "the players", "gerard"]
-VERBS = ["looks at", "looked at", "is looking at", "trades", "traded", "was trading", "buys", "bought",
-         "performs for", "informed", "watches", "watched", "plays with", "played with"]
-OBJECTS = ["the stock", "the stocks", "a book", "the books", "the computer", "a trade", "the trading floor",
-           "the market", "new shares", "old shares", "the teacher"]
+SUBJECTS = [
+    "the trader",
+    "the traders",
+    "a computer",
+    "the computers",
+    "richard",
+    "edward",
+    "the market",
+    "a teacher",
+    "the players",
+    "gerard",
+]
+VERBS = [
+    "looks at",
+    "looked at",
+    "is looking at",
+    "trades",
+    "traded",
+    "was trading",
+    "buys",
+    "bought",
+    "performs for",
+    "informed",
+    "watches",
+    "watched",
+    "plays with",
+    "played with",
+]
+OBJECTS = [
+    "the stock",
+    "the stocks",
+    "a book",
+    "the books",
+    "the computer",
+    "a trade",
+    "the trading floor",
+    "the market",
+    "new shares",
+    "old shares",
+    "the teacher",
+]
 TAILS = ["", "", "today", "yesterday", "while the market fell", "in new york", "again", "on monday"]
 
 
@@ -64,19 +99,38 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 
 def prepare(directory: Path, train: list[str], valid: list[str], test: list[str]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    files = [write_lines(directory / f"{name}.txt", lines) for name, lines in
-             (("train", train), ("valid", valid), ("test", test))]
+    files = [
+        write_lines(directory / f"{name}.txt", lines)
+        for name, lines in (("train", train), ("valid", valid), ("test", test))
+    ]
     out = directory / "corpus"
-    code = main(["prepare", "--train-file", str(files[0]), "--valid-file", str(files[1]),
-                 "--test-file", str(files[2]), "--output-dir", str(out)])
+    code = main(
+        [
+            "prepare",
+            "--train-file",
+            str(files[0]),
+            "--valid-file",
+            str(files[1]),
+            "--test-file",
+            str(files[2]),
+            "--output-dir",
+            str(out),
+        ]
+    )
     assert code == 0
     return out
 
 
 def tiny_config(vocab, **changes) -> ModelConfig:
     config = ModelConfig(
-        kernel_widths=[1, 2, 3], num_filters=[10, 10, 10], hidden_size=32, highway_layers=1, dropout=0.0,
-        vocab_size=len(vocab), char_vocab_size=len(vocab.chars), max_word_length=vocab.max_word_length,
+        kernel_widths=[1, 2, 3],
+        num_filters=[10, 10, 10],
+        hidden_size=32,
+        highway_layers=1,
+        dropout=0.0,
+        vocab_size=len(vocab),
+        char_vocab_size=len(vocab.chars),
+        max_word_length=vocab.max_word_length,
     )
     return dataclasses.replace(config, **changes)
 

@@ -7,13 +7,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers_model import assert_one_line_error, loaded, run_cli, tiny_config, trained  # noqa: F401  (fixtures)
 
 from charlm.analysis import gate_activity, ids_word_counts, nearest_neighbors
 from charlm.checkpoint import export_model, load_model
 from charlm.corpus import load_corpus
 from charlm.model import CharLM
 from charlm.plots import plot_metrics
-from helpers_model import assert_one_line_error, loaded, run_cli, tiny_config, trained  # noqa: F401  (fixtures)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MATPLOTLIB_MODULES = ("matplotlib", "matplotlib.figure", "matplotlib.backends", "matplotlib.backends.backend_agg")
@@ -72,8 +72,9 @@ def test_neighbors_cli_table_and_json(trained, capsys):
     lines = out.splitlines()
     assert lines[0] == "trader (in vocabulary)" and lines[2].split()[:2] == ["1.", "trader"]
     assert "zyzzyva (not in vocabulary)" in lines
-    code, out, _ = run_cli(capsys, "neighbors", "--checkpoint", trained.model_dir, "trader", "-k", "2",
-                           "--stage", "cnn", "--json")
+    code, out, _ = run_cli(
+        capsys, "neighbors", "--checkpoint", trained.model_dir, "trader", "-k", "2", "--stage", "cnn", "--json"
+    )
     (result,) = json.loads(out)
     assert result["neighbors"]["cnn"][0] == {"word": "trader", "similarity": 1.0}
 
@@ -92,8 +93,18 @@ def test_word_input_model_uses_its_word_embedding(variants, capsys):
 
 def test_gates_files_have_the_right_shapes(trained, variants, tmp_path, capsys):
     prefix = tmp_path / "out" / "gates"
-    code, out, _ = run_cli(capsys, "gates", "--checkpoint", variants["two-highway"], "--data-dir", trained.data_dir,
-                           "--split", "valid", "--output", prefix)
+    code, out, _ = run_cli(
+        capsys,
+        "gates",
+        "--checkpoint",
+        variants["two-highway"],
+        "--data-dir",
+        trained.data_dir,
+        "--split",
+        "valid",
+        "--output",
+        prefix,
+    )
     assert code == 0
     layers, dims = 2, 30  # 10 + 10 + 10 filters
     with open(f"{prefix}.csv", newline="") as f:
@@ -127,8 +138,9 @@ def test_gate_means_are_token_means_over_the_stream(trained, variants):
 def test_gates_without_matplotlib_still_write_csv_and_json(trained, tmp_path, capsys, monkeypatch):
     hide_matplotlib(monkeypatch)
     prefix = tmp_path / "gates"
-    code, out, _ = run_cli(capsys, "gates", "--checkpoint", trained.model_dir, "--text-file", trained.text_file,
-                           "--output", prefix)
+    code, out, _ = run_cli(
+        capsys, "gates", "--checkpoint", trained.model_dir, "--text-file", trained.text_file, "--output", prefix
+    )
     assert code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gates.csv", "gates.json"]
     assert out.strip().splitlines()[-1].startswith("PNG skipped: matplotlib is not installed")
@@ -159,8 +171,10 @@ def test_gates_bad_input(trained, variants, tmp_path, capsys):
 
 def test_plot_metrics(tmp_path, monkeypatch):
     metrics = tmp_path / "metrics.jsonl"
-    records = [{"epoch": e, "lr": 1.0, "train_ppl": 300 / e, "valid_ppl": 320 / e, "tokens_per_sec": 1e4,
-                "seconds": 3.0} for e in (1, 2, 3)]
+    records = [
+        {"epoch": e, "lr": 1.0, "train_ppl": 300 / e, "valid_ppl": 320 / e, "tokens_per_sec": 1e4, "seconds": 3.0}
+        for e in (1, 2, 3)
+    ]
     metrics.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     png = tmp_path / "curves.png"
     assert plot_metrics(metrics, png) == png

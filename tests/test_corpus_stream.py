@@ -36,7 +36,6 @@ class InMemoryTextStream:
         return self.inputs[:, cols], self.targets[:, cols]
 
 
-
 @pytest.fixture(scope="module")
 def ptb_train(prepared_ptb: Path) -> np.memmap:
     return load_corpus(prepared_ptb)[1]["train"]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers_model import assert_one_line_error, loaded, run_cli, tiny_config, trained  # noqa: F401  (fixtures)
 
 from charlm.checkpoint import export_model
 from charlm.corpus import load_corpus
 from charlm.embed import embed_words
 from charlm.model import CharLM
-from helpers_model import assert_one_line_error, loaded, run_cli, tiny_config, trained  # noqa: F401  (fixtures)
 
 IN_VOCABULARY = ["trader", "computer", "richard", "."]
 UNSEEN = ["tradr", "computer-aided", "looooook"]  # a misspelling, a compound, a stretched word
@@ -81,8 +81,20 @@ def test_npy_and_word_list_from_a_words_file(trained, loaded, tmp_path, capsys):
     words_file = tmp_path / "words.txt"
     words_file.write_text("trader tradr\n\n  computer-aided\n", encoding="utf-8")
     output = tmp_path / "vectors.npy"
-    code, _, err = run_cli(capsys, "embed", "--checkpoint", trained.model_dir, "--words-file", words_file,
-                           "--stage", "cnn", "--format", "npy", "--output", output)
+    code, _, err = run_cli(
+        capsys,
+        "embed",
+        "--checkpoint",
+        trained.model_dir,
+        "--words-file",
+        words_file,
+        "--stage",
+        "cnn",
+        "--format",
+        "npy",
+        "--output",
+        output,
+    )
     assert code == 0, err
     words = (tmp_path / "vectors.words.txt").read_text(encoding="utf-8").splitlines()
     assert words == ["trader", "tradr", "computer-aided"]
@@ -93,24 +105,29 @@ def test_npy_and_word_list_from_a_words_file(trained, loaded, tmp_path, capsys):
 
 def test_word_model_vectors_and_its_unknown_words(word_model, tmp_path, capsys):
     output = tmp_path / "vectors.txt"
-    code, _, err = run_cli(capsys, "embed", "--checkpoint", word_model, "--words", "trader", "richard",
-                           "--output", output)
+    code, _, err = run_cli(
+        capsys, "embed", "--checkpoint", word_model, "--words", "trader", "richard", "--output", output
+    )
     assert code == 0, err
     assert read_word2vec(output)[1].shape == (2, 12)
     output.unlink()
-    code, _, err = run_cli(capsys, "embed", "--checkpoint", word_model, "--words", "trader", "tradr", "zyzzyva",
-                           "--output", output)
+    code, _, err = run_cli(
+        capsys, "embed", "--checkpoint", word_model, "--words", "trader", "tradr", "zyzzyva", "--output", output
+    )
     line = assert_one_line_error(code, err)
     assert "not in the vocabulary: tradr, zyzzyva" in line and "only character-input models" in line
     assert not output.exists()
 
 
-@pytest.mark.parametrize("args, error", [
-    (["--words", "trader", "--stage", "cnn"], "--stage cnn needs a character-input model"),
-    (["--words", "two words"], "'two words' is not a word"),
-    (["--words-file", "{tmp}/missing.txt"], "--words-file {tmp}/missing.txt does not exist"),
-    (["--words", "trader", "--output", "{tmp}/no/such/folder/v.txt"], "folder {tmp}/no/such/folder does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (["--words", "trader", "--stage", "cnn"], "--stage cnn needs a character-input model"),
+        (["--words", "two words"], "'two words' is not a word"),
+        (["--words-file", "{tmp}/missing.txt"], "--words-file {tmp}/missing.txt does not exist"),
+        (["--words", "trader", "--output", "{tmp}/no/such/folder/v.txt"], "folder {tmp}/no/such/folder does not exist"),
+    ],
+)
 def test_embed_errors_are_one_line(trained, word_model, tmp_path, capsys, args, error):
     checkpoint = word_model if "cnn" in args else trained.model_dir
     args = [a.format(tmp=tmp_path) for a in args]
@@ -144,11 +161,31 @@ def test_contextual_features_are_the_core_outputs_per_layer(trained, loaded, tmp
     assert seen > 100
     torch.testing.assert_close(features[:seen, -1], out[0, 1 : seen + 1], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(features[seen:, -1], out[0, seen + 1 :])
-    code, _, _ = run_cli(capsys, "embed", "--checkpoint", trained.model_dir, "--text-file", trained.text_file,
-                         "--contextual", "--format", "npy", "--output", tmp_path / "f.npy")
+    code, _, _ = run_cli(
+        capsys,
+        "embed",
+        "--checkpoint",
+        trained.model_dir,
+        "--text-file",
+        trained.text_file,
+        "--contextual",
+        "--format",
+        "npy",
+        "--output",
+        tmp_path / "f.npy",
+    )
     assert code == 0
     assert np.load(tmp_path / "f.npy").shape == tuple(features.shape)
     assert (tmp_path / "f.words.txt").read_text(encoding="utf-8").split("\n")[:-1] == tokens
-    code, _, err = run_cli(capsys, "embed", "--checkpoint", trained.model_dir, "--text-file", trained.text_file,
-                           "--contextual", "--output", tmp_path / "g.txt")
+    code, _, err = run_cli(
+        capsys,
+        "embed",
+        "--checkpoint",
+        trained.model_dir,
+        "--text-file",
+        trained.text_file,
+        "--contextual",
+        "--output",
+        tmp_path / "g.txt",
+    )
     assert "--format npy" in assert_one_line_error(code, err)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers_model import assert_one_line_error, loaded, run_cli, trained  # noqa: F401  (fixtures)
 
 from charlm.evaluate import perplexity, text_file_ids
 from charlm.scoring import score_columns, score_stream
-from helpers_model import assert_one_line_error, loaded, run_cli, trained  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,8 +56,15 @@ def test_pipelined_scoring_equals_sequential_scoring(layers):
     from charlm.model import CharLM
 
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=300, char_vocab_size=30, max_word_length=7, kernel_widths=[1, 2],
-                         num_filters=[8, 16], hidden_size=32, lstm_layers=layers)
+    config = ModelConfig(
+        vocab_size=300,
+        char_vocab_size=30,
+        max_word_length=7,
+        kernel_widths=[1, 2],
+        num_filters=[8, 16],
+        hidden_size=32,
+        lstm_layers=layers,
+    )
     model = CharLM(config, torch.randint(4, 30, (300, 7))).train()
     ids = np.random.default_rng(0).integers(0, 300, 1000)
     threads = torch.get_num_threads()
@@ -75,8 +82,15 @@ def _random_model(layers=2):
     from charlm.model import CharLM
 
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=300, char_vocab_size=30, max_word_length=7, kernel_widths=[1, 2],
-                         num_filters=[8, 16], hidden_size=32, lstm_layers=layers)
+    config = ModelConfig(
+        vocab_size=300,
+        char_vocab_size=30,
+        max_word_length=7,
+        kernel_widths=[1, 2],
+        num_filters=[8, 16],
+        hidden_size=32,
+        lstm_layers=layers,
+    )
     return CharLM(config, torch.randint(4, 30, (300, 7)))
 
 
@@ -94,8 +108,9 @@ def test_column_approximation_is_exact_scoring_of_each_warmed_up_piece(n, column
     np.testing.assert_allclose(approx.logprobs[:piece], exact.logprobs[:piece], rtol=1e-5, atol=1e-5)  # column 0
     for start in range(piece, n, piece):
         # the substream from start - w, read after the token before it, from a zero state
-        window = score_stream(model, ids[start - w : start + piece], int(ids[start - w - 1]), per_token=True,
-                              pipeline=False)
+        window = score_stream(
+            model, ids[start - w : start + piece], int(ids[start - w - 1]), per_token=True, pipeline=False
+        )
         np.testing.assert_allclose(approx.logprobs[start : start + piece], window.logprobs[w:], rtol=1e-5, atol=1e-5)
     if warmup == 0:  # a cold start: the second piece's first token sees no context at all
         assert abs(approx.logprobs[piece] - exact.logprobs[piece]) > 1e-4
@@ -136,8 +151,17 @@ def test_text_file_counts_unknown_words_and_matches_the_prepared_split(trained, 
     # The raw test file scores exactly like the test split prepared from it.
     test_txt = trained.data_dir.parent / "test.txt"
     _, out_text, _ = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file", test_txt, "--json")
-    _, out_data, _ = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir,
-                             "--data-dir", trained.data_dir, "--split", "test", "--json")
+    _, out_data, _ = run_cli(
+        capsys,
+        "perplexity",
+        "--checkpoint",
+        trained.model_dir,
+        "--data-dir",
+        trained.data_dir,
+        "--split",
+        "test",
+        "--json",
+    )
     from_text, from_data = json.loads(out_text), json.loads(out_data)
     assert from_text["perplexity"] == pytest.approx(from_data["perplexity"], rel=1e-9)
     assert from_text["tokens"] == from_data["tokens"]
@@ -146,8 +170,17 @@ def test_text_file_counts_unknown_words_and_matches_the_prepared_split(trained, 
 @pytest.mark.parametrize("name", ["tokens.tsv", "tokens.jsonl"])
 def test_json_output_and_per_token_file(trained, tmp_path, capsys, name):
     out_file = tmp_path / name
-    code, out, err = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file", trained.text_file,
-                             "--json", "--per-token", out_file)
+    code, out, err = run_cli(
+        capsys,
+        "perplexity",
+        "--checkpoint",
+        trained.model_dir,
+        "--text-file",
+        trained.text_file,
+        "--json",
+        "--per-token",
+        out_file,
+    )
     assert code == 0
     result = json.loads(out)
     assert {"perplexity", "nll", "tokens", "unk", "seconds"} <= set(result)
@@ -181,10 +214,29 @@ def test_same_number_from_one_and_two_processes(trained, capsys):
     single = json.loads(out)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONWARNINGS": "ignore"}
     launched = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-         str(REPO / "scripts" / "perplexity.py"), *args],
-        capture_output=True, text=True, timeout=120, env=env, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            "0",
+            str(REPO / "scripts" / "perplexity.py"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
     )
     assert launched.returncode == 0, launched.stderr[-2000:]
     printed = [line for line in launched.stdout.splitlines() if line.startswith("{")]
@@ -211,40 +263,70 @@ def test_missing_and_incomplete_model_directory(trained, tmp_path, capsys):
 
 def test_vocabulary_mismatch_is_refused(trained, tmp_path, capsys):
     per_token = tmp_path / "tokens.tsv"
-    code, out, err = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir,
-                             "--data-dir", trained.other_data_dir, "--per-token", per_token)
+    code, out, err = run_cli(
+        capsys,
+        "perplexity",
+        "--checkpoint",
+        trained.model_dir,
+        "--data-dir",
+        trained.other_data_dir,
+        "--per-token",
+        per_token,
+    )
     assert "different vocabulary" in assert_one_line_error(code, err)
     assert out == "" and not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "empty"),
-    (b"  \n\t\n   \n", "empty"),
-    ("caf\u00e9 au lait\n".encode("latin-1"), "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty"),
+        (b"  \n\t\n   \n", "empty"),
+        ("caf\u00e9 au lait\n".encode("latin-1"), "not UTF-8"),
+    ],
+)
 def test_bad_text_files(trained, tmp_path, capsys, content, message):
     text = tmp_path / "input.txt"
     text.write_bytes(content)
     per_token = tmp_path / "tokens.tsv"
-    code, out, err = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file", text,
-                             "--per-token", per_token)
+    code, out, err = run_cli(
+        capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file", text, "--per-token", per_token
+    )
     assert message in assert_one_line_error(code, err)
     assert out == "" and not per_token.exists() and not list(tmp_path.glob("*.tmp"))
 
 
 def test_bad_options(trained, tmp_path, capsys):
-    code, _, err = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file", trained.text_file,
-                           "--chunk-len", "0")
+    code, _, err = run_cli(
+        capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file", trained.text_file, "--chunk-len", "0"
+    )
     assert "--chunk-len" in assert_one_line_error(code, err)
-    code, _, err = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file", trained.text_file,
-                           "--per-token", tmp_path / "no" / "such" / "dir.tsv")
+    code, _, err = run_cli(
+        capsys,
+        "perplexity",
+        "--checkpoint",
+        trained.model_dir,
+        "--text-file",
+        trained.text_file,
+        "--per-token",
+        tmp_path / "no" / "such" / "dir.tsv",
+    )
     assert "does not exist" in assert_one_line_error(code, err)
-    code, _, err = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file",
-                           tmp_path / "missing.txt")
+    code, _, err = run_cli(
+        capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file", tmp_path / "missing.txt"
+    )
     assert "not found" in assert_one_line_error(code, err)
     if not torch.cuda.is_available():
-        code, _, err = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file",
-                               trained.text_file, "--device", "cuda")
+        code, _, err = run_cli(
+            capsys,
+            "perplexity",
+            "--checkpoint",
+            trained.model_dir,
+            "--text-file",
+            trained.text_file,
+            "--device",
+            "cuda",
+        )
         assert "CUDA" in assert_one_line_error(code, err)
 
 
@@ -252,14 +334,17 @@ def test_oov_words_scored_by_spelling_are_reported_apart(trained, tmp_path, caps
     """A spelling-based output scores the text's unseen words itself; the perplexity is unchanged."""
     import dataclasses
 
+    from helpers_model import tiny_config
+
     from charlm.checkpoint import export_model
     from charlm.corpus import load_corpus
     from charlm.model import CharLM
-    from helpers_model import tiny_config
 
     vocab = load_corpus(trained.data_dir)[0]
     torch.manual_seed(0)
-    config = dataclasses.replace(tiny_config(vocab), output="char", output_num_filters=[4, 4, 4], output_correction_dim=4)
+    config = dataclasses.replace(
+        tiny_config(vocab), output="char", output_num_filters=[4, 4, 4], output_correction_dim=4
+    )
     export_model(CharLM(config, vocab.spellings()), vocab, tmp_path / "char-output")
     common = ["perplexity", "--checkpoint", tmp_path / "char-output", "--text-file", trained.text_file, "--json"]
     code, plain, _ = run_cli(capsys, *common)
@@ -271,6 +356,7 @@ def test_oov_words_scored_by_spelling_are_reported_apart(trained, tmp_path, caps
     assert spelled["oov_tokens"] == 2  # "zyzzyva" and "flibbertigibbets"
     assert spelled["oov_tokens"] <= plain["unk"]
     assert spelled["oov_ppl_by_spelling"] > 1 and spelled["oov_ppl_as_unk"] > 1
-    code, _, err = run_cli(capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file", trained.text_file,
-                           "--oov-by-spelling")
+    code, _, err = run_cli(
+        capsys, "perplexity", "--checkpoint", trained.model_dir, "--text-file", trained.text_file, "--oov-by-spelling"
+    )
     assert "model.output: char" in assert_one_line_error(code, err)

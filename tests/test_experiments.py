@@ -9,12 +9,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from helpers_model import trained  # noqa: F401 (a fixture)
 from torch import nn
 
-from helpers_model import trained  # noqa: F401 (a fixture)
-
-TINY_CHAR_OUTPUT = ["model.output=char", "model.output_num_filters=[4,4,4]", "model.kernel_widths=[1,2,3]",
-                    "model.num_filters=[8,8,8]", "model.hidden_size=16", "train.batch_size=4", "train.seq_len=8"]
+TINY_CHAR_OUTPUT = [
+    "model.output=char",
+    "model.output_num_filters=[4,4,4]",
+    "model.kernel_widths=[1,2,3]",
+    "model.num_filters=[8,8,8]",
+    "model.hidden_size=16",
+    "train.batch_size=4",
+    "train.seq_len=8",
+]
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "experiments" / "reference_stale_state.py"
 
@@ -38,8 +44,11 @@ def stale_by_hand(lstm: nn.LSTM, x, h0, c0, h_final, c_final):
                 recurrent = F.linear(h_final[layer], w_hh) + F.linear(hs[layer] - h_final[layer], w_hh.detach())
             else:
                 recurrent = F.linear(hs[layer], w_hh)
-            gates = (F.linear(step_input, getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"bias_ih_l{layer}"))
-                     + getattr(lstm, f"bias_hh_l{layer}") + recurrent)
+            gates = (
+                F.linear(step_input, getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"bias_ih_l{layer}"))
+                + getattr(lstm, f"bias_hh_l{layer}")
+                + recurrent
+            )
             i, f, g, o = gates.chunk(4, dim=-1)
             f = torch.sigmoid(f)
             if t == 0:  # value f * c0, gradient for f from c_final
@@ -90,9 +99,25 @@ def test_stale_state_forward_is_the_plain_one_in_eval():
 def test_gradient_gap_reports_finite_gaps(trained):
     gap_script = SCRIPT.with_name("stale_state_gradient_gap.py")
     result = subprocess.run(
-        [sys.executable, str(gap_script), "--checkpoint", str(trained.model_dir), "--data-dir", str(trained.data_dir),
-         "--skip", "2", "--chunks", "3", "--batch-size", "4", "--seq-len", "10"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            str(gap_script),
+            "--checkpoint",
+            str(trained.model_dir),
+            "--data-dir",
+            str(trained.data_dir),
+            "--skip",
+            "2",
+            "--chunks",
+            "3",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     numbers = [float(n) for n in re.findall(r"\d+\.\d+", result.stdout)]
     assert len(numbers) == 4 and all(math.isfinite(n) for n in numbers)
@@ -101,8 +126,10 @@ def test_gradient_gap_reports_finite_gaps(trained):
 
 def test_gradient_gap_bad_input_is_one_line(trained, tmp_path):
     gap_script = SCRIPT.with_name("stale_state_gradient_gap.py")
-    for argv in (["--checkpoint", str(tmp_path / "missing"), "--data-dir", str(trained.data_dir)],
-                 ["--checkpoint", str(trained.model_dir), "--data-dir", str(trained.data_dir)]):  # too short
+    for argv in (
+        ["--checkpoint", str(tmp_path / "missing"), "--data-dir", str(trained.data_dir)],
+        ["--checkpoint", str(trained.model_dir), "--data-dir", str(trained.data_dir)],
+    ):  # too short
         result = subprocess.run([sys.executable, str(gap_script), *argv], capture_output=True, text=True)
         assert result.returncode == 2
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
@@ -111,22 +138,43 @@ def test_gradient_gap_bad_input_is_one_line(trained, tmp_path):
 def test_padding_gradient_script_reports_the_row_and_the_shrink(trained, tmp_path):
     script = SCRIPT.with_name("padding_gradient.py")
     common = ["--data-dir", str(trained.data_dir), "--chunks", "3", "--batch-size", "4", "--seq-len", "10"]
-    result = subprocess.run([sys.executable, str(script), "--checkpoint", str(trained.model_dir), *common],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, str(script), "--checkpoint", str(trained.model_dir), *common],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     pad, pad_max, others, clip, _, _, _, _, shrink = (float(n) for n in re.findall(r"\d+(?:\.\d+)?", result.stdout))
     assert 0 < pad <= pad_max and others > 0 and clip == 5
     assert 0 < shrink <= 1  # counting one more gradient in the norm can only shrink a clipped step
-    missing = subprocess.run([sys.executable, str(script), "--checkpoint", str(tmp_path / "missing"), *common],
-                             capture_output=True, text=True)
+    missing = subprocess.run(
+        [sys.executable, str(script), "--checkpoint", str(tmp_path / "missing"), *common],
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 2 and missing.stderr.startswith("error: ") and missing.stderr.count("\n") == 1
 
 
 def test_output_training_probe_prints_one_line_per_window(trained):
     script = SCRIPT.with_name("output_training_probe.py")
     result = subprocess.run(
-        [sys.executable, str(script), "--data-dir", str(trained.data_dir), "--config", "tiny", "--updates", "4",
-         "--every", "2", *TINY_CHAR_OUTPUT],
-        capture_output=True, text=True, check=True)
+        [
+            sys.executable,
+            str(script),
+            "--data-dir",
+            str(trained.data_dir),
+            "--config",
+            "tiny",
+            "--updates",
+            "4",
+            "--every",
+            "2",
+            *TINY_CHAR_OUTPUT,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     lines = result.stdout.strip().splitlines()
     assert [line.split(":")[0] for line in lines] == ["update 2", "update 4"]
     assert all("|e|" in line and "eval" in line for line in lines)
@@ -134,8 +182,9 @@ def test_output_training_probe_prints_one_line_per_window(trained):
 
 def test_adaptive_speed_script_times_the_three_layers():
     script = SCRIPT.with_name("adaptive_speed.py")
-    result = subprocess.run([sys.executable, str(script), "--vocab", "300", "--repeats", "1"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, str(script), "--vocab", "300", "--repeats", "1"], capture_output=True, text=True, check=True
+    )
     rows = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("300")]
     assert [row[1] for row in rows] == ["fp32", "bf16"]
     assert rows[1][3] == "fails" or float(rows[1][3]) > 0  # torch 2.13's layer fails under bf16 autocast
@@ -147,10 +196,24 @@ def test_compare_runs_tables_each_run_and_draws_the_plot(tmp_path):
     for name, valid in (("a", [300.0, 200.0, 150.0]), ("b", [250.0, 180.0])):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.jsonl").write_text(
-            "".join(f'{{"epoch": {e + 1}, "valid_ppl": {v}}}\n' for e, v in enumerate(valid)))
-    result = subprocess.run([sys.executable, str(script), f"A={tmp_path / 'a'}", f"B={tmp_path / 'b' / 'metrics.jsonl'}",
-                             "--epochs", "1", "3", "--plot", str(tmp_path / "p.png")],
-                            capture_output=True, text=True, check=True)
+            "".join(f'{{"epoch": {e + 1}, "valid_ppl": {v}}}\n' for e, v in enumerate(valid))
+        )
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            f"A={tmp_path / 'a'}",
+            f"B={tmp_path / 'b' / 'metrics.jsonl'}",
+            "--epochs",
+            "1",
+            "3",
+            "--plot",
+            str(tmp_path / "p.png"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = [line for line in result.stdout.splitlines() if line.startswith("| A") or line.startswith("| B")]
     assert rows == ["| A | 300.0 | 150.0 | 150.00 | 3 |", "| B | 250.0 | - | 180.00 | 2 |"]
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
@@ -159,9 +222,23 @@ def test_compare_runs_tables_each_run_and_draws_the_plot(tmp_path):
 def test_char_output_offset_script_shows_float32_ignores_a_common_offset(trained):
     script = SCRIPT.with_name("char_output_offset.py")
     result = subprocess.run(
-        [sys.executable, str(script), "--data-dir", str(trained.data_dir), "--config", "tiny", "--updates", "4",
-         "--every", "2", *TINY_CHAR_OUTPUT],
-        capture_output=True, text=True, check=True)
+        [
+            sys.executable,
+            str(script),
+            "--data-dir",
+            str(trained.data_dir),
+            "--config",
+            "tiny",
+            "--updates",
+            "4",
+            "--every",
+            "2",
+            *TINY_CHAR_OUTPUT,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     lines = result.stdout.strip().splitlines()
     assert [line.split(":")[0] for line in lines[:2]] == ["update 2", "update 4"]
     float32 = [float(re.search(r"float32 ([\d.]+)", line).group(1)) for line in lines[2:]]

@@ -4,17 +4,27 @@ import json
 
 import pytest
 import torch
+from helpers_model import (  # noqa: F401  (loaded, trained: fixtures)
+    assert_one_line_error,
+    loaded,
+    run_cli,
+    synthetic_lines,
+    tiny_config,
+    trained,
+)
 
 from charlm.checkpoint import load_model
 from charlm.cli import main
 from charlm.corpus import load_corpus
 from charlm.generate import (
-    SamplingOptions, filter_logits, generate, next_word_distribution, prompt_vectors, sample,
+    SamplingOptions,
+    filter_logits,
+    generate,
+    next_word_distribution,
+    prompt_vectors,
+    sample,
 )
 from charlm.model import CharLM
-from helpers_model import (  # noqa: F401  (loaded, trained: fixtures)
-    assert_one_line_error, loaded, run_cli, synthetic_lines, tiny_config, trained,
-)
 
 
 def test_same_seed_same_text_different_seeds_differ(loaded):
@@ -27,8 +37,18 @@ def test_same_seed_same_text_different_seeds_differ(loaded):
 
 
 def test_cli_is_reproducible_by_seed(trained, capsys):
-    argv = ["generate", "--checkpoint", trained.model_dir, "--prompt", "richard", "--num-samples", "2",
-            "--max-words", "12", "--json"]
+    argv = [
+        "generate",
+        "--checkpoint",
+        trained.model_dir,
+        "--prompt",
+        "richard",
+        "--num-samples",
+        "2",
+        "--max-words",
+        "12",
+        "--json",
+    ]
     outputs = [json.loads(run_cli(capsys, *argv, "--seed", seed)[1]) for seed in ("1", "1", "2")]
     assert outputs[0]["samples"] == outputs[1]["samples"] != outputs[2]["samples"]
     assert outputs[0]["seed"] == 1 and outputs[0]["words"] == 24 and outputs[0]["ms_per_word"] > 0
@@ -43,8 +63,22 @@ def test_no_unk_never_emits_unk(trained, capsys):
     assert sum(text.split().count("<unk>") for text in with_unk) > 50  # the test is meaningful
     without = generate(model, vocab, num_samples=4, max_words=25, seed=0, no_unk=True)
     assert not any("<unk>" in text for text in without)
-    code, out, _ = run_cli(capsys, "generate", "--checkpoint", trained.unk_model_dir, "--no-unk", "--max-words", "40",
-                           "--num-samples", "3", "--seed", "5", "--top-p", "0.95", "--json")
+    code, out, _ = run_cli(
+        capsys,
+        "generate",
+        "--checkpoint",
+        trained.unk_model_dir,
+        "--no-unk",
+        "--max-words",
+        "40",
+        "--num-samples",
+        "3",
+        "--seed",
+        "5",
+        "--top-p",
+        "0.95",
+        "--json",
+    )
     assert code == 0 and not any("<unk>" in text for text in json.loads(out)["samples"])
 
 
@@ -102,9 +136,26 @@ def test_sentencepiece_text_is_detokenised(tmp_path):
     for name, part in (("train", lines), ("valid", lines[:20]), ("test", lines[20:40])):
         files.append(tmp_path / f"{name}.txt")
         files[-1].write_text("\n".join(part) + "\n", encoding="utf-8")
-    assert main(["prepare", "--train-file", str(files[0]), "--valid-file", str(files[1]), "--test-file",
-                str(files[2]), "--tokenizer", "sentencepiece", "--vocab-size", "60", "--output-dir",
-                str(tmp_path / "sp")]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--train-file",
+                str(files[0]),
+                "--valid-file",
+                str(files[1]),
+                "--test-file",
+                str(files[2]),
+                "--tokenizer",
+                "sentencepiece",
+                "--vocab-size",
+                "60",
+                "--output-dir",
+                str(tmp_path / "sp"),
+            ]
+        )
+        == 0
+    )
     vocab = load_corpus(tmp_path / "sp")[0]
     torch.manual_seed(0)
     model = CharLM(tiny_config(vocab), vocab.spellings()).eval()
@@ -112,11 +163,19 @@ def test_sentencepiece_text_is_detokenised(tmp_path):
     assert all(text.startswith("the traders") and "\u2581" not in text for text in texts)
 
 
-@pytest.mark.parametrize("option, value", [
-    ("--top-p", "0"), ("--top-p", "1.5"), ("--top-p", "-0.1"),
-    ("--temperature", "0"), ("--temperature", "-1"), ("--top-k", "0"), ("--num-samples", "0"),
-    ("--max-words", "0"),
-])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--top-p", "0"),
+        ("--top-p", "1.5"),
+        ("--top-p", "-0.1"),
+        ("--temperature", "0"),
+        ("--temperature", "-1"),
+        ("--top-k", "0"),
+        ("--num-samples", "0"),
+        ("--max-words", "0"),
+    ],
+)
 def test_bad_sampling_options(trained, capsys, option, value):
     code, out, err = run_cli(capsys, "generate", "--checkpoint", trained.model_dir, option, value)
     assert option in assert_one_line_error(code, err)

@@ -18,12 +18,12 @@ import huggingface_hub
 import huggingface_hub.constants
 import pytest
 import torch
+from helpers_model import assert_one_line_error, run_cli, trained  # noqa: F401  (trained: a fixture)
 
 import charlm
 from charlm.checkpoint import load_model
 from charlm.errors import CharlmError
 from charlm.hub import SHARED_FILES, push_to_hub, resolve_model_dir
-from helpers_model import assert_one_line_error, run_cli, trained  # noqa: F401  (trained: a fixture)
 
 REPO_ID = "someone/charlm-tiny"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -110,9 +110,23 @@ def test_every_command_takes_a_hub_id(trained, tmp_path):
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     numbers = []
     for ref in (REPO_ID, str(trained.model_dir)):
-        done = subprocess.run([sys.executable, "-m", "charlm.cli", "perplexity", "--checkpoint", ref, "--text-file",
-                               str(trained.text_file)], capture_output=True, text=True, env=env, cwd=tmp_path,
-                              timeout=300)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "charlm.cli",
+                "perplexity",
+                "--checkpoint",
+                ref,
+                "--text-file",
+                str(trained.text_file),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
         numbers.append(done.stdout.split(" | ")[0])
     assert numbers[0] == numbers[1] and numbers[0].startswith("perplexity ")
@@ -186,8 +200,9 @@ def test_push_refuses_a_broken_model_before_sending_anything(model_with_strays, 
     assert fake_api.calls == []
 
 
-@pytest.mark.parametrize("repo_id, error", [("not a/valid id", "is not a hub repository id"),
-                                            (REPO_ID, "could not upload")])
+@pytest.mark.parametrize(
+    "repo_id, error", [("not a/valid id", "is not a hub repository id"), (REPO_ID, "could not upload")]
+)
 def test_push_errors_are_one_line(model_with_strays, fake_api, capsys, repo_id, error):
     fake_api.fail = OSError("401 Client Error: Unauthorized\nmore detail")
     code, _, err = run_cli(capsys, "push", "--checkpoint", model_with_strays, "--repo-id", repo_id)

@@ -10,16 +10,24 @@ import torch.nn.functional as F
 
 from charlm.config import ModelConfig, load_config, shipped_configs
 from charlm.model import CharLM
-from charlm.nn import CharCNN, Highway
-from charlm.nn import Dropout
+from charlm.nn import CharCNN, Dropout, Highway
 from charlm.vocab import PAD_CHAR
 
 
 def tiny_config(**changes) -> ModelConfig:
     base = ModelConfig(
-        input="char", char_embed_dim=4, kernel_widths=[1, 2, 3], num_filters=[3, 4, 5],
-        highway="highway", highway_layers=2, lstm_layers=2, hidden_size=16, dropout=0.0,
-        vocab_size=30, char_vocab_size=12, max_word_length=7,
+        input="char",
+        char_embed_dim=4,
+        kernel_widths=[1, 2, 3],
+        num_filters=[3, 4, 5],
+        highway="highway",
+        highway_layers=2,
+        lstm_layers=2,
+        hidden_size=16,
+        dropout=0.0,
+        vocab_size=30,
+        char_vocab_size=12,
+        max_word_length=7,
     )
     return dataclasses.replace(base, **changes)
 
@@ -260,8 +268,13 @@ def ptb_parameter_count(name: str) -> int:
 
 
 def test_paper_configs_parameter_counts():
-    expected = {"ptb-char-small": 5.3e6, "ptb-char-large": 19.4e6, "ptb-word-small": 4.65e6, "ptb-word-large": 19.8e6,
-                "ptb-char-small-highway-2": 5.86e6}
+    expected = {
+        "ptb-char-small": 5.3e6,
+        "ptb-char-large": 19.4e6,
+        "ptb-word-small": 4.65e6,
+        "ptb-word-large": 19.8e6,
+        "ptb-char-small-highway-2": 5.86e6,
+    }
     for name, target in expected.items():
         count = ptb_parameter_count(name)
         assert abs(count / target - 1) < 0.03, (name, count)
@@ -269,7 +282,7 @@ def test_paper_configs_parameter_counts():
 
 @pytest.mark.parametrize("name", [n for n in shipped_configs() if "rhn" in n or "char-output" in n])
 def test_beyond_the_paper_configs_keep_their_budget(name):
-    """Issue 27's rule: a recipe at the Char-Small budget has at most 5.5M trained parameters, one
+    """The budget rule: a recipe at the Char-Small budget has at most 5.5M trained parameters, one
     at the Char-Large budget at most 20M."""
     count = ptb_parameter_count(name)
     assert count <= (20e6 if "large" in name else 5.5e6), (name, count)
@@ -322,4 +335,6 @@ def test_loss_path_equals_logits_path():
     words, targets = torch.randint(0, 30, (2, 6)), torch.randint(0, 30, (2, 6))
     logits, _ = model(words, model.initial_state(2))
     nll, _ = model(words, model.initial_state(2), targets)
-    torch.testing.assert_close(nll, F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(2, 6))
+    torch.testing.assert_close(
+        nll, F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(2, 6)
+    )

@@ -21,7 +21,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from helpers_model import synthetic_lines, write_lines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +41,23 @@ def build_wheel(tmp_path: Path, env: dict[str, str]) -> Path:
             shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(REPO / name, source / name)
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--wheel-dir", tmp_path / "wheels", source], tmp_path, env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--wheel-dir",
+            tmp_path / "wheels",
+            source,
+        ],
+        tmp_path,
+        env,
+    )
     (wheel,) = (tmp_path / "wheels").glob("charlm-*.whl")
     return wheel
 
@@ -70,22 +84,58 @@ def test_wheel_installs_and_trains_from_a_shipped_config(tmp_path):
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", venv], tmp_path, env)
     python, charlm = venv / "bin" / "python", venv / "bin" / "charlm"
-    venv_site = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path, env).strip())
+    venv_site = Path(
+        run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path, env).strip()
+    )
     (venv_site / "dependencies.pth").write_text("\n".join(dependency_folders()) + "\n")
-    run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", "--no-index", wheel],
-        tmp_path, env)
+    run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", "--no-index", wheel],
+        tmp_path,
+        env,
+    )
 
     work = tmp_path / "elsewhere"  # neither the checkout nor the venv
     work.mkdir()
     location = run([python, "-c", "import charlm; print(charlm.__file__)"], work, env).strip()
     assert Path(location).is_relative_to(venv), f"charlm was imported from {location}, not from the wheel"
 
-    files = [write_lines(work / f"{split}.txt", synthetic_lines(n, seed)) for split, n, seed in
-             (("train", 300, 1), ("valid", 40, 2), ("test", 40, 3))]
-    run([charlm, "prepare", "--train-file", files[0], "--valid-file", files[1], "--test-file", files[2],
-         "--output-dir", "data"], work, env)
-    run([charlm, "train", "--config", "tiny", "--data-dir", "data", "--output-dir", "run", "model.hidden_size=16",
-         "train.batch_size=4", "train.max_steps=3"], work, env)
+    files = [
+        write_lines(work / f"{split}.txt", synthetic_lines(n, seed))
+        for split, n, seed in (("train", 300, 1), ("valid", 40, 2), ("test", 40, 3))
+    ]
+    run(
+        [
+            charlm,
+            "prepare",
+            "--train-file",
+            files[0],
+            "--valid-file",
+            files[1],
+            "--test-file",
+            files[2],
+            "--output-dir",
+            "data",
+        ],
+        work,
+        env,
+    )
+    run(
+        [
+            charlm,
+            "train",
+            "--config",
+            "tiny",
+            "--data-dir",
+            "data",
+            "--output-dir",
+            "run",
+            "model.hidden_size=16",
+            "train.batch_size=4",
+            "train.max_steps=3",
+        ],
+        work,
+        env,
+    )
     model = json.loads((work / "run" / "config.json").read_text())["model"]
     assert model["kernel_widths"] == [1, 2, 3, 4] and model["hidden_size"] == 16  # tiny.yaml, then the override
     assert (work / "run" / "best" / "model.safetensors").is_file()

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_model import random_spellings, tiny_config
 from torch import nn
 
 from charlm.model import CharLM
 from charlm.nn import CORES, OUTPUTS, CharSoftmax, LockedDropout, LSTMCore, RHNCore, detach_state, expand_state
 from charlm.nn.rhn import RHNScan, rhn_reference, rhn_scan
 from charlm.scoring import score_stream
-from test_model import random_spellings, tiny_config
 
 COMBINATIONS = [(core, output) for core in CORES for output in OUTPUTS]
 
@@ -102,7 +102,7 @@ def _scan_grads(scan, projected, s0, mask, layers):
     """The outputs of ``scan`` and the gradients of a loss that uses every output and the last state."""
     outputs, last = scan(projected, s0, mask, layers)
     weights = torch.linspace(-1, 1, outputs.numel(), dtype=outputs.dtype).view_as(outputs)
-    loss = (outputs * weights).sum() + (last ** 2).sum()
+    loss = (outputs * weights).sum() + (last**2).sum()
     params = [projected, s0] + [p for layer in layers for p in layer.parameters()]
     return outputs, last, torch.autograd.grad(loss, params)
 
@@ -123,8 +123,7 @@ def test_rhn_fused_scan_matches_the_step_by_step_loop(masked):
 def test_rhn_fused_scan_passes_a_double_precision_gradient_check():
     projected, s0, mask, layers = _scan_inputs(torch.float64, batch=2, steps=3, hidden=3, depth=2)
     params = [p for layer in layers for p in (layer.weight, layer.bias)]
-    assert torch.autograd.gradcheck(lambda *a: RHNScan.apply(a[0], a[1], mask, None, *a[2:]),
-                                    (projected, s0, *params))
+    assert torch.autograd.gradcheck(lambda *a: RHNScan.apply(a[0], a[1], mask, None, *a[2:]), (projected, s0, *params))
 
 
 def test_rhn_fused_scan_under_bf16_autocast_stays_near_the_loop():
@@ -282,8 +281,9 @@ def test_char_output_scores_any_spelling_like_a_vocabulary_word():
     """The spelling-based output gives an unseen spelling a logit; for a vocabulary word without
     the per-word correction and free bias it is exactly that word's logit."""
     torch.manual_seed(0)
-    model = CharLM(part_config("lstm", "char", output_correction_dim=0, output_word_bias=False),
-                   random_spellings()).eval()
+    model = CharLM(
+        part_config("lstm", "char", output_correction_dim=0, output_word_bias=False), random_spellings()
+    ).eval()
     output: CharSoftmax = model.output
     hidden = torch.randn(4, model.config.hidden_size)
     words = torch.tensor([0, 5, 9, 29])
@@ -308,8 +308,11 @@ def test_char_output_table_is_centred_and_gives_the_uncentred_distribution():
         weight, bias = output.word_table()
         torch.testing.assert_close(weight.mean(0), torch.zeros(weight.size(1)), atol=1e-5, rtol=0)
         torch.testing.assert_close(bias.mean(), torch.tensor(0.0), atol=1e-5, rtol=0)
-        plain = output.projection(output.spelling_features(output.spellings)) \
-            + output.correction_projection(output.correction.weight) + 5.0  # any common offset
+        plain = (
+            output.projection(output.spelling_features(output.spellings))
+            + output.correction_projection(output.correction.weight)
+            + 5.0
+        )  # any common offset
         hidden = torch.randn(6, model.config.hidden_size)
         expected = torch.log_softmax(hidden @ plain[:, :-1].t() + plain[:, -1] + output.word_bias, dim=-1)
         torch.testing.assert_close(output.log_probs(hidden), expected, atol=1e-5, rtol=1e-5)
@@ -349,8 +352,11 @@ def test_spelled_word_in_place_of_unk_completes_a_distribution():
     spelled = output.spelling_log_probs(hidden, chars, unk)
     weight, bias = output.word_table()
     logits = hidden @ weight.t() + bias
-    others = torch.cat([logits[:, :unk], logits[:, unk + 1:]], dim=1)
-    total = spelled.exp() + (others - torch.logsumexp(torch.cat([others, output.spelling_logits(hidden, chars)[:, None]], 1), 1, keepdim=True)).exp().sum(1)
+    others = torch.cat([logits[:, :unk], logits[:, unk + 1 :]], dim=1)
+    total = spelled.exp() + (
+        others
+        - torch.logsumexp(torch.cat([others, output.spelling_logits(hidden, chars)[:, None]], 1), 1, keepdim=True)
+    ).exp().sum(1)
     torch.testing.assert_close(total, torch.ones(3))
 
 

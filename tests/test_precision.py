@@ -81,15 +81,19 @@ def test_explicit_values_and_accelerates_choice_win_without_measuring(measured, 
         clean.setenv("ACCELERATE_MIXED_PRECISION", "bf16" if value != "bf16" else "no")
         assert choose_precision(value, "cpu", step=never_called).precision == value  # the config first
     clean.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # never the launcher's default: a choice
-    assert choose_precision("auto", "cpu", step=never_called) == precision.PrecisionChoice("fp16", "accelerate's setting")
+    assert choose_precision("auto", "cpu", step=never_called) == precision.PrecisionChoice(
+        "fp16", "accelerate's setting"
+    )
 
     # 'no' is also what the launcher writes when given nothing: its command line tells them apart.
     clean.setenv("ACCELERATE_MIXED_PRECISION", "no")
     clean.setattr("accelerate.commands.config.default_config_file", str(tmp_path / "none.yaml"))
     measured.speedup = 2.0
-    for options, expected in [(["--num_processes", "1"], "bf16"),  # the launcher's default: auto decides
-                              (["--mixed_precision", "no", "--num_processes", "1"], "no"),
-                              (["--config_file", "my.yaml"], "no")]:
+    for options, expected in [
+        (["--num_processes", "1"], "bf16"),  # the launcher's default: auto decides
+        (["--mixed_precision", "no", "--num_processes", "1"], "no"),
+        (["--config_file", "my.yaml"], "no"),
+    ]:
         clean.setattr(launcher, "accelerate_launch_arguments", lambda: launched_with(*options))
         assert choose_precision("auto", "cpu", step=lambda name: None).precision == expected, options
     (tmp_path / "default.yaml").write_text("mixed_precision: 'no'\n")  # written by `accelerate config`
@@ -124,10 +128,14 @@ def test_the_cache_holds_one_answer_per_machine_torch_threads_and_shape(measured
     entries = json.loads((tmp_path / "cache" / "precision.json").read_text())
     (key,) = entries
     assert entries[key] == {"bf16": 0.7}
-    assert precision.device_name("cpu") in key and torch.__version__ in key and f"{torch.get_num_threads()} threads" in key
+    assert (
+        precision.device_name("cpu") in key and torch.__version__ in key and f"{torch.get_num_threads()} threads" in key
+    )
 
     measured.speedup = 2.0
-    assert choose_precision("auto", "cpu", step=lambda name: None, shapes="RHN 345").precision == "bf16"  # another shape
+    assert (
+        choose_precision("auto", "cpu", step=lambda name: None, shapes="RHN 345").precision == "bf16"
+    )  # another shape
     (tmp_path / "cache" / "precision.json").write_text("{not json")  # damaged: measured again, rewritten
     assert choose_precision("auto", "cpu", step=lambda name: None, shapes="RHN 345").reason.endswith("measured now")
     assert measured == ["bf16"] * 3
@@ -136,7 +144,8 @@ def test_the_cache_holds_one_answer_per_machine_torch_threads_and_shape(measured
 
 def test_without_a_step_auto_is_the_cached_answer_or_fp32(measured):
     assert choose_precision("auto", "cpu", shapes="m") == precision.PrecisionChoice(
-        "no", "auto: bf16 not measured for this model yet")
+        "no", "auto: bf16 not measured for this model yet"
+    )
     measured.speedup = 3.0
     choose_precision("auto", "cpu", step=lambda name: None, shapes="m")
     assert choose_precision("auto", "cpu", shapes="m").precision == "bf16"
@@ -176,7 +185,9 @@ def test_measurement_is_the_ratio_of_step_times_and_leaves_the_random_state_alon
 def test_device_name_names_the_cpu_and_its_bf16_instructions():
     name = precision.device_name("cpu")
     flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else set()
-    assert name and ("amx_bf16" in name) == ("amx_bf16" in flags) and ("avx512_bf16" in name) == ("avx512_bf16" in flags)
+    assert (
+        name and ("amx_bf16" in name) == ("amx_bf16" in flags) and ("avx512_bf16" in name) == ("avx512_bf16" in flags)
+    )
 
 
 # ------------------------------------------------------------------------------ a real run
@@ -187,8 +198,17 @@ def corpus(tmp_path_factory):
     return prepare_grammar_corpus(tmp_path_factory.mktemp("corpus"), 200, 20)
 
 
-SMALL = ["--config", str(REPO / "configs" / "tiny.yaml"), "model.kernel_widths=[1,2,3]", "model.num_filters=[8,8,8]",
-         "model.hidden_size=24", "train.batch_size=4", "train.seq_len=8", "train.max_steps=6", "train.num_threads=1"]
+SMALL = [
+    "--config",
+    str(REPO / "configs" / "tiny.yaml"),
+    "model.kernel_widths=[1,2,3]",
+    "model.num_filters=[8,8,8]",
+    "model.hidden_size=24",
+    "train.batch_size=4",
+    "train.seq_len=8",
+    "train.max_steps=6",
+    "train.num_threads=1",
+]
 
 
 def train(corpus, output_dir, *overrides):
@@ -235,12 +255,34 @@ def test_the_launchers_command_line_is_recognised():
 def test_precision_under_the_real_launcher(tmp_path):
     """`accelerate launch` without --mixed_precision leaves the choice to auto; with it, it wins."""
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("ACCELERATE_")}
-    env.update(HF_HOME=str(tmp_path), CHARLM_CACHE_DIR=str(tmp_path / "cache"),  # no accelerate config file, no cache
-               PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--dynamo_backend", "no",
-              "--num_processes", "1"]
-    for options, expected in [([], "no (auto: bf16 not measured"), (["--mixed_precision", "bf16"], "bf16 (accelerate's")]:
-        done = subprocess.run([*launch, *options, "-m", "charlm.runtime"], env=env, capture_output=True, text=True,
-                              timeout=300, cwd=tmp_path)
+    env.update(
+        HF_HOME=str(tmp_path),
+        CHARLM_CACHE_DIR=str(tmp_path / "cache"),  # no accelerate config file, no cache
+        PYTHONPATH=str(REPO),
+        PYTHONWARNINGS="ignore",
+    )
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_machines",
+        "1",
+        "--dynamo_backend",
+        "no",
+        "--num_processes",
+        "1",
+    ]
+    for options, expected in [
+        ([], "no (auto: bf16 not measured"),
+        (["--mixed_precision", "bf16"], "bf16 (accelerate's"),
+    ]:
+        done = subprocess.run(
+            [*launch, *options, "-m", "charlm.runtime"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"precision auto -> {expected}" in done.stdout, (options, done.stdout)

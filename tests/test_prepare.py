@@ -137,9 +137,7 @@ def test_local_json_carved_by_fraction(shared_data: Path, tmp_path: Path):
     lines = text.splitlines()[:4000]
     source = tmp_path / "shakespeare.jsonl"
     source.write_text("".join(json.dumps({"line": line}) + "\n" for line in lines))
-    options = dict(
-        dataset=str(source), text_column="line", pre_tokenizer="punctuation", valid_fraction=0.1
-    )
+    options = dict(dataset=str(source), text_column="line", pre_tokenizer="punctuation", valid_fraction=0.1)
     first = prepare(tmp_path / "a", **options)
     prepare(tmp_path / "b", **options)
     prepare(tmp_path / "c", **options, split_seed=1)
@@ -157,9 +155,7 @@ def test_local_json_carved_by_fraction(shared_data: Path, tmp_path: Path):
 
 
 def test_plain_text_file_as_dataset(tiny_files, tmp_path: Path):
-    meta = prepare(
-        tmp_path / "out", dataset=tiny_files["train_file"], valid_fraction=0.34, test_fraction=0.34
-    )
+    meta = prepare(tmp_path / "out", dataset=tiny_files["train_file"], valid_fraction=0.34, test_fraction=0.34)
     lines = {split: stats["lines"] for split, stats in meta["splits"].items()}
     assert lines == {"train": 1, "valid": 1, "test": 1}
 
@@ -182,7 +178,10 @@ def test_demo_corpus_prepares_offline(tmp_path: Path, capsys):
 def test_script_wrapper(tmp_path: Path):
     result = subprocess.run(
         [sys.executable, "scripts/prepare_corpus.py", "--demo", "--output-dir", str(tmp_path / "d")],
-        cwd=REPO, capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": ""},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": ""},
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "d" / "meta.json").is_file()

@@ -29,8 +29,14 @@ def test_readme_python_block_runs_as_written(trained, tmp_path):
     code = python_block(README.read_text(encoding="utf-8"))
     assert 'charlm.from_pretrained("demo/run/best")' in code
     shutil.copytree(trained.model_dir, tmp_path / "demo" / "run" / "best")
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     perplexity, sample, similarity = float(lines[0]), "\n".join(lines[1:-1]), float(lines[-1])

@@ -21,8 +21,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import prepare_grammar_corpus
 import torch
+from conftest import prepare_grammar_corpus
+from helpers_model import assert_one_line_error, run_cli, tiny_config
 from safetensors.torch import load_file, save_file
 
 import charlm.checkpoint
@@ -35,15 +36,22 @@ from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.model import CharLM
 from charlm.state import COMPLETE_MARKER, complete_checkpoints, recover_checkpoints
-from helpers_model import assert_one_line_error, run_cli, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = CONFIG_DIR / "tiny.yaml"
 # Tiny model, frequent checkpoints (so kills land inside checkpoint writes too), dropout on (so the
 # random-number-generator states must be restored exactly).
-RUN = ["model.kernel_widths=[1,2,3]", "model.num_filters=[8,8,8]", "model.hidden_size=24", "model.dropout=0.2",
-       "train.batch_size=4", "train.seq_len=8", "train.max_epochs=2", "train.checkpoint_every_steps=2",
-       "train.log_every=5"]
+RUN = [
+    "model.kernel_widths=[1,2,3]",
+    "model.num_filters=[8,8,8]",
+    "model.hidden_size=24",
+    "model.dropout=0.2",
+    "train.batch_size=4",
+    "train.seq_len=8",
+    "train.max_epochs=2",
+    "train.checkpoint_every_steps=2",
+    "train.log_every=5",
+]
 # The same thread count in this process and in the training processes: the numbers are then identical.
 ENV = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONWARNINGS": "ignore"}
 
@@ -62,8 +70,13 @@ def start(corpus: Path, output_dir: Path, *extra: str) -> tuple[subprocess.Popen
     """A training process; its stdout and stderr go to files beside the output folder."""
     out, err = output_dir.with_suffix(".out"), output_dir.with_suffix(".err")
     with open(out, "w") as o, open(err, "w") as e:
-        process = subprocess.Popen([sys.executable, "-m", "charlm.cli", *train_args(corpus, output_dir, *extra)],
-                                   stdout=o, stderr=e, env=ENV, cwd=REPO)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "charlm.cli", *train_args(corpus, output_dir, *extra)],
+            stdout=o,
+            stderr=e,
+            env=ENV,
+            cwd=REPO,
+        )
     return process, out, err
 
 
@@ -109,8 +122,11 @@ def assert_equals_reference(output_dir: Path, reference: dict) -> None:
     assert_same_weights(weights(complete_checkpoints(output_dir)[-1]), reference["final"])
     assert_same_weights(weights(output_dir / "best"), reference["best"])
     assert records(output_dir) == reference["records"]
-    leftovers = [p.name for p in [*output_dir.iterdir(), *(output_dir / "checkpoints").iterdir()]
-                 if p.name.endswith((".tmp", ".old"))]
+    leftovers = [
+        p.name
+        for p in [*output_dir.iterdir(), *(output_dir / "checkpoints").iterdir()]
+        if p.name.endswith((".tmp", ".old"))
+    ]
     assert not leftovers
 
 
@@ -192,24 +208,39 @@ def test_sigterm_stops_after_the_current_update_with_status_143(corpus, tmp_path
     monkeypatch.setattr(charlm.train, "sequence_loss", real_loss)
     assert run_cli(capsys, *train_args(corpus, tmp_path / "run"), "--resume")[0] == 0
     assert run_cli(capsys, *train_args(corpus, tmp_path / "whole"))[0] == 0
-    assert_same_weights(weights(complete_checkpoints(tmp_path / "run")[-1]),
-                        weights(complete_checkpoints(tmp_path / "whole")[-1]))
+    assert_same_weights(
+        weights(complete_checkpoints(tmp_path / "run")[-1]), weights(complete_checkpoints(tmp_path / "whole")[-1])
+    )
 
 
 @pytest.mark.slow
 def test_ctrl_c_under_accelerate_launch_with_two_processes(corpus, tmp_path):
     """Ctrl-C reaches every process (the terminal's process group; the launcher forwards it too):
     the processes agree on the stop, save one state and resume to the uninterrupted result."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--mixed_precision", "no", "--num_machines", "1",
-              "--dynamo_backend", "no", "--multi_gpu", "--num_processes", "2", str(REPO / "scripts" / "train.py")]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--mixed_precision",
+        "no",
+        "--num_machines",
+        "1",
+        "--dynamo_backend",
+        "no",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        str(REPO / "scripts" / "train.py"),
+    ]
     env = {**ENV, "ACCELERATE_USE_CPU": "true"}
 
     def launch_run(output_dir: Path, *extra: str) -> subprocess.Popen:
         overrides = ["train.max_epochs=1", "train.batch_size=2", "model.dropout=0.0", *extra]  # 49 updates
         argv = [*launch, *train_args(corpus, output_dir, *overrides)[1:]]
         with open(output_dir.with_suffix(".err"), "w") as err:
-            return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=REPO,
-                                    start_new_session=True)
+            return subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=REPO, start_new_session=True
+            )
 
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert launch_run(whole).wait(timeout=300) == 0, whole.with_suffix(".err").read_text()[-3000:]
@@ -276,8 +307,7 @@ def test_export_refuses_nan_weights(corpus, tmp_path):
 # ------------------------------------------------------------------------------ disk full, unwritable output
 
 
-def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_state(corpus, tmp_path, monkeypatch,
-                                                                                capsys):
+def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_state(corpus, tmp_path, monkeypatch, capsys):
     real_save = charlm.state.save_file
     calls = {"n": 0}
 
@@ -401,12 +431,15 @@ def tampered_copy(saved_run: Path, tmp_path: Path) -> tuple[Path, Path]:
     return output_dir, complete_checkpoints(output_dir)[-1]
 
 
-@pytest.mark.parametrize("planted, removed, error", [
-    ("optimizer.bin", None, "refusing to load checkpoint"),
-    ("random_states_0.pkl", None, "refusing to load checkpoint"),
-    # where accelerate would fall back to reading a .bin: never read, the checkpoint is incomplete
-    ("pytorch_model.bin", "model.safetensors", "is incomplete (no model.safetensors)"),
-])
+@pytest.mark.parametrize(
+    "planted, removed, error",
+    [
+        ("optimizer.bin", None, "refusing to load checkpoint"),
+        ("random_states_0.pkl", None, "refusing to load checkpoint"),
+        # where accelerate would fall back to reading a .bin: never read, the checkpoint is incomplete
+        ("pytorch_model.bin", "model.safetensors", "is incomplete (no model.safetensors)"),
+    ],
+)
 def test_planted_pickle_in_a_checkpoint_is_refused(saved_run, corpus, tmp_path, capsys, planted, removed, error):
     output_dir, state = tampered_copy(saved_run, tmp_path)
     marker = tmp_path / "code-ran"
@@ -459,8 +492,9 @@ def test_damaged_weight_average_in_a_checkpoint_is_one_line(corpus, tmp_path, ca
 
 def test_resume_with_another_model_size_is_one_line(saved_run, corpus, tmp_path, capsys):
     output_dir, _ = tampered_copy(saved_run, tmp_path)
-    code, _, err = run_cli(capsys, *train_args(corpus, output_dir, "train.max_steps=3", "model.hidden_size=16"),
-                           "--resume")
+    code, _, err = run_cli(
+        capsys, *train_args(corpus, output_dir, "train.max_steps=3", "model.hidden_size=16"), "--resume"
+    )
     line = assert_one_line_error(code, err)
     # The field that differs, its two values, and the run's own config to resume with.
     assert "model.hidden_size=" in line and "asks for 16" in line
@@ -477,6 +511,7 @@ def test_truncated_weights_in_best_are_one_line(saved_run, corpus, tmp_path, cap
 
 def test_exported_model_loads_without_any_pickle(saved_run, monkeypatch):
     """Loading best/ never calls pickle (safetensors and JSON only)."""
+
     def no_pickle(*args, **kwargs):
         raise AssertionError("pickle used")
 

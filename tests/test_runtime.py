@@ -30,8 +30,14 @@ from charlm.runtime.stop import EXIT_PEER_FAILED
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
-SMALL = ["model.kernel_widths=[1,2,3]", "model.num_filters=[8,8,8]", "model.hidden_size=24",
-         "train.batch_size=4", "train.seq_len=8", "train.log_every=1"]
+SMALL = [
+    "model.kernel_widths=[1,2,3]",
+    "model.num_filters=[8,8,8]",
+    "model.hidden_size=24",
+    "train.batch_size=4",
+    "train.seq_len=8",
+    "train.log_every=1",
+]
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--dynamo_backend", "no"]
 CORES = len(os.sched_getaffinity(0))
 
@@ -39,10 +45,17 @@ CORES = len(os.sched_getaffinity(0))
 def env(**extra: str) -> dict[str, str]:
     """This environment for a child process: the checkout first on PYTHONPATH, no stray launcher
     variables, warnings off."""
-    clean = {k: v for k, v in os.environ.items()
-             if k not in (*runtime.LOCAL_SIZE_VARIABLES, "OMP_NUM_THREADS") and not k.startswith("ACCELERATE_")}
-    return {**clean, "PYTHONPATH": os.pathsep.join([str(REPO), clean.get("PYTHONPATH", "")]),
-            "PYTHONWARNINGS": "ignore", **extra}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in (*runtime.LOCAL_SIZE_VARIABLES, "OMP_NUM_THREADS") and not k.startswith("ACCELERATE_")
+    }
+    return {
+        **clean,
+        "PYTHONPATH": os.pathsep.join([str(REPO), clean.get("PYTHONPATH", "")]),
+        "PYTHONWARNINGS": "ignore",
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -97,13 +110,18 @@ def test_every_launcher_gets_the_available_cores_divided_among_its_processes(tmp
         "accelerate launch --cpu": ([*LAUNCH, "--cpu", "--num_processes", "1", *module], {}, None, [CORES]),
         # Without mpirun, accelerate's CPU launcher starts one process for --num_processes 2.
         "accelerate launch --cpu, 2": ([*LAUNCH, "--cpu", "--num_processes", "2", *module], {}, None, [CORES]),
-        "2 CPU processes": ([*LAUNCH, "--multi_gpu", "--num_processes", "2", "--main_process_port", "0", *module],
-                            {"ACCELERATE_USE_CPU": "true"}, None, [max(1, CORES // 2)] * 2),
+        "2 CPU processes": (
+            [*LAUNCH, "--multi_gpu", "--num_processes", "2", "--main_process_port", "0", *module],
+            {"ACCELERATE_USE_CPU": "true"},
+            None,
+            [max(1, CORES // 2)] * 2,
+        ),
         "one core": ([*LAUNCH, "--num_processes", "1", *module], {}, one_core, [1]),
     }
     for name, (argv, extra, preexec, expected) in cases.items():
-        done = subprocess.run(argv, env=env(**extra), preexec_fn=preexec, capture_output=True, text=True,
-                              timeout=300, cwd=tmp_path)
+        done = subprocess.run(
+            argv, env=env(**extra), preexec_fn=preexec, capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
         assert done.returncode == 0, (name, done.stderr[-3000:])
         # two processes write to one pipe: their lines may interleave, so read every report in the text
         seen = sorted(int(n) for n in re.findall(r"torch\.get_num_threads\(\) (\d+)", done.stdout))
@@ -147,10 +165,16 @@ def start_pair(tmp_path: Path, action: str) -> tuple[list[subprocess.Popen], Pat
     store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)  # the launcher's store
     script, go = tmp_path / "pair.py", tmp_path / "go"
     script.write_text(PAIR_SCRIPT)
-    processes = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env=env(RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                                                     MASTER_PORT=str(store.port), ACTION=action, GO=str(go)))
-                 for rank in (0, 1)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(script)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store.port), ACTION=action, GO=str(go)),
+        )
+        for rank in (0, 1)
+    ]
     for process in processes:
         assert process.stdout.readline() == "ready\n", process.stderr.read()
     return processes, go, store
@@ -224,21 +248,43 @@ def corpus(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how, where, rank", [("raise", "train", 1), ("raise", "valid", 1), ("kill", "valid", 1),
-                                              ("raise", "train", 0)])
+@pytest.mark.parametrize(
+    "how, where, rank", [("raise", "train", 1), ("raise", "valid", 1), ("kill", "valid", 1), ("raise", "train", 0)]
+)
 def test_a_failure_on_one_of_two_training_processes_stops_both(corpus, tmp_path, how, where, rank):
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
     stamp = tmp_path / "failed-at"
-    extra = {"ACCELERATE_USE_CPU": "true", "CHARLM_FAIL_AT": "5" if where == "train" else "1",
-             "CHARLM_FAIL_HOW": how, "CHARLM_FAIL_IN": where, "CHARLM_FAIL_RANK": str(rank),
-             "CHARLM_FAIL_STAMP": str(stamp)}
+    extra = {
+        "ACCELERATE_USE_CPU": "true",
+        "CHARLM_FAIL_AT": "5" if where == "train" else "1",
+        "CHARLM_FAIL_HOW": how,
+        "CHARLM_FAIL_IN": where,
+        "CHARLM_FAIL_RANK": str(rank),
+        "CHARLM_FAIL_STAMP": str(stamp),
+    }
     child_env = env(**extra)
     child_env["PYTHONPATH"] = os.pathsep.join([str(hook), child_env["PYTHONPATH"]])
-    argv = [*LAUNCH, "--mixed_precision", "no", "--multi_gpu", "--num_processes", "2", "--main_process_port", "0",
-            str(REPO / "scripts" / "train.py"), "--config", str(TINY), "--data-dir", str(corpus),
-            "--output-dir", str(tmp_path / "run"), *SMALL, "train.max_epochs=3"]
+    argv = [
+        *LAUNCH,
+        "--mixed_precision",
+        "no",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "0",
+        str(REPO / "scripts" / "train.py"),
+        "--config",
+        str(TINY),
+        "--data-dir",
+        str(corpus),
+        "--output-dir",
+        str(tmp_path / "run"),
+        *SMALL,
+        "train.max_epochs=3",
+    ]
     done = subprocess.run(argv, env=child_env, capture_output=True, text=True, timeout=600)
     assert stamp.is_file(), done.stderr[-3000:]
     seconds = time.time() - float(stamp.read_text())
@@ -263,8 +309,22 @@ def test_command_benchmark_times_the_updates_of_each_command(corpus, tmp_path):
     from charlm.command_benchmark import main
 
     out = tmp_path / "bench.json"
-    argv = ["--data-dir", str(corpus), "--config", str(TINY), "--warmup", "2", "--updates", "3",
-            "--commands", "charlm", "launch-2cpu", "--json", str(out), *SMALL]
+    argv = [
+        "--data-dir",
+        str(corpus),
+        "--config",
+        str(TINY),
+        "--warmup",
+        "2",
+        "--updates",
+        "3",
+        "--commands",
+        "charlm",
+        "launch-2cpu",
+        "--json",
+        str(out),
+        *SMALL,
+    ]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     one, two = report["results"]

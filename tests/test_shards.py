@@ -5,10 +5,10 @@ process computing the whole table for both processes' data."""
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-from charlm.model import CharLM
 from test_model import random_spellings
 from test_parts import part_config
+
+from charlm.model import CharLM
 
 VOCAB = 31  # odd: the second process's share is one row shorter
 

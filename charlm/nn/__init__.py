@@ -13,7 +13,7 @@
 | ``output.py`` | the output layer's protocol (:class:`OutputLayer`) and :class:`FullSoftmax` |
 | ``char_softmax.py`` | :class:`CharSoftmax`: output embeddings from spellings (Jozefowicz et al. 2016) |
 | ``shards.py`` | :func:`gather_shards`: a table computed in shares by data-parallel processes, with gradients |
-| ``adaptive_softmax.py`` | :class:`AdaptiveSoftmax`: head and tail clusters for large vocabularies (Grave et al. 2017) |
+| ``adaptive_softmax.py`` | :class:`AdaptiveSoftmax`: head and tail clusters for large vocabularies (Grave 2017) |
 | ``fused_softmax.py`` | :func:`linear_cross_entropy`: the softmax loss in one sweep (CPU speed) |
 
 ``CORES`` and ``OUTPUTS`` map the names of ``model.core`` and ``model.output`` to the classes; the
@@ -35,7 +35,26 @@ CORES: dict[str, type[RecurrentCore]] = {"lstm": LSTMCore, "rhn": RHNCore}
 OUTPUTS: dict[str, type[OutputLayer]] = {"full": FullSoftmax, "char": CharSoftmax, "adaptive": AdaptiveSoftmax}
 
 __all__ = [
-    "ACTIVATION_FUNCTIONS", "AdaptiveSoftmax", "CORES", "OUTPUTS", "CharCNN", "CharSoftmax", "Dropout", "FullSoftmax", "Highway",
-    "LSTMCore", "LockedDropout", "OutputLayer", "RHNCore", "RecurrentCore", "State", "WordEncoder",
-    "default_cutoffs", "detach_state", "drop_weights", "expand_state", "linear_cross_entropy", "resolve_cutoffs",
+    "ACTIVATION_FUNCTIONS",
+    "AdaptiveSoftmax",
+    "CORES",
+    "OUTPUTS",
+    "CharCNN",
+    "CharSoftmax",
+    "Dropout",
+    "FullSoftmax",
+    "Highway",
+    "LSTMCore",
+    "LockedDropout",
+    "OutputLayer",
+    "RHNCore",
+    "RecurrentCore",
+    "State",
+    "WordEncoder",
+    "default_cutoffs",
+    "detach_state",
+    "drop_weights",
+    "expand_state",
+    "linear_cross_entropy",
+    "resolve_cutoffs",
 ]

@@ -77,10 +77,10 @@ class _Tail(nn.Module):
 
 class AdaptiveSoftmax(OutputLayer):
     """Args:
-        hidden_size: size of the core's outputs.
-        vocab_size: number of words, most frequent first.
-        cutoffs: the first word of each tail cluster (empty: :func:`default_cutoffs`; checked).
-        div_value: cluster i's projection has ``hidden_size / div_value^i`` dimensions.
+    hidden_size: size of the core's outputs.
+    vocab_size: number of words, most frequent first.
+    cutoffs: the first word of each tail cluster (empty: :func:`default_cutoffs`; checked).
+    div_value: cluster i's projection has ``hidden_size / div_value^i`` dimensions.
     """
 
     def __init__(self, hidden_size: int, vocab_size: int, cutoffs: list[int], div_value: float):
@@ -102,7 +102,7 @@ class AdaptiveSoftmax(OutputLayer):
         bounds = [*self.cutoffs, self.vocab_size]
         sizes = torch.tensor([b - a for a, b in zip(bounds, bounds[1:])], dtype=self.head.bias.dtype)
         with torch.no_grad():
-            self.head.bias[self.cutoffs[0]:] += sizes.log()
+            self.head.bias[self.cutoffs[0] :] += sizes.log()
 
     @classmethod
     def from_config(cls, config, model) -> "AdaptiveSoftmax":

@@ -6,8 +6,8 @@ The output embedding of word w is computed from its spelling instead of being a 
     [e_w; b_w] = P f(spelling_w) + Q c_w          logit_w = e_w . h + b_w + a_w
 
 where f is a character encoder (the output's own char-CNN, run over each word's characters only,
-or the input's char-CNN and highway layers: ``model.output_share_encoder``), P a projection to the core's size plus one (the word's
-bias, so that the bias too comes from the spelling), and c_w an optional small per-word
+or the input's char-CNN and highway layers: ``model.output_share_encoder``), P a projection to the
+core's size plus one (the word's bias, so that the bias too comes from the spelling), and c_w an optional small per-word
 correction (``model.output_correction_dim``; Q projects it) for what the spelling cannot say, and
 a_w an optional free per-word bias (``model.output_word_bias``) for the one thing a spelling
 cannot say at all: how frequent the word is. Without a_w the unigram distribution has to be
@@ -63,19 +63,27 @@ class _Table(NamedTuple):
 
 class CharSoftmax(OutputLayer):
     """Args:
-        hidden_size: size of the core's outputs.
-        spellings: ``[V, L]`` character ids of every vocabulary word.
-        char_cnn: the output's own encoder (``None`` when ``shared`` is given).
-        shared: a function ``chars [N, L] -> [N, feature_size]`` of the input side (not a
-            submodule of this layer: its weights belong to the input side).
-        feature_size: the encoder's output size.
-        correction_dim: size of the per-word correction (0: none).
-        word_bias: a free bias per word, added to the one from the spelling.
+    hidden_size: size of the core's outputs.
+    spellings: ``[V, L]`` character ids of every vocabulary word.
+    char_cnn: the output's own encoder (``None`` when ``shared`` is given).
+    shared: a function ``chars [N, L] -> [N, feature_size]`` of the input side (not a
+        submodule of this layer: its weights belong to the input side).
+    feature_size: the encoder's output size.
+    correction_dim: size of the per-word correction (0: none).
+    word_bias: a free bias per word, added to the one from the spelling.
     """
 
-    def __init__(self, hidden_size: int, spellings: torch.Tensor, feature_size: int, *,
-                 char_cnn: CharCNN | None = None, shared: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 correction_dim: int = 0, word_bias: bool = False):
+    def __init__(
+        self,
+        hidden_size: int,
+        spellings: torch.Tensor,
+        feature_size: int,
+        *,
+        char_cnn: CharCNN | None = None,
+        shared: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        correction_dim: int = 0,
+        word_bias: bool = False,
+    ):
         super().__init__()
         if (char_cnn is None) == (shared is None):
             raise ValueError("give the output layer either its own char_cnn or a shared encoder")
@@ -107,13 +115,24 @@ class CharSoftmax(OutputLayer):
     def from_config(cls, config, model) -> "CharSoftmax":
         hidden = model.core.output_size
         if config.output_share_encoder:
-            return cls(hidden, model.encoder.spellings, model.config.input_size,
-                       shared=model.encode_spellings, correction_dim=config.output_correction_dim,
-                       word_bias=config.output_word_bias)
+            return cls(
+                hidden,
+                model.encoder.spellings,
+                model.config.input_size,
+                shared=model.encode_spellings,
+                correction_dim=config.output_correction_dim,
+                word_bias=config.output_word_bias,
+            )
         filters = config.output_num_filters or config.num_filters
         cnn = CharCNN(config.char_vocab_size, config.char_embed_dim, config.kernel_widths, filters)
-        return cls(hidden, model.encoder.spellings, cnn.output_size, char_cnn=cnn,
-                   correction_dim=config.output_correction_dim, word_bias=config.output_word_bias)
+        return cls(
+            hidden,
+            model.encoder.spellings,
+            cnn.output_size,
+            char_cnn=cnn,
+            correction_dim=config.output_correction_dim,
+            word_bias=config.output_word_bias,
+        )
 
     def spelling_features(self, chars: torch.Tensor) -> torch.Tensor:
         """Character ids ``[N, L]`` -> encoder features ``[N, feature_size]``."""
@@ -172,9 +191,14 @@ class CharSoftmax(OutputLayer):
         bias of an unseen word, if the layer has free biases: the mean of the rarest tenth of the
         vocabulary's, whose words are sorted by frequency)."""
         vocabulary = self._table()  # its means centre this row as they centre the vocabulary's
-        rarest = None if self.word_bias is None else self.word_bias[-max(1, self.vocab_size // 10):].mean()
-        rows = self._centred_rows(self.spelling_features(chars) - vocabulary.feature_mean, None,
-                                  vocabulary.correction_mean, rarest, vocabulary.free_bias_mean)  # [N, H + 1]
+        rarest = None if self.word_bias is None else self.word_bias[-max(1, self.vocab_size // 10) :].mean()
+        rows = self._centred_rows(
+            self.spelling_features(chars) - vocabulary.feature_mean,
+            None,
+            vocabulary.correction_mean,
+            rarest,
+            vocabulary.free_bias_mean,
+        )  # [N, H + 1]
         return ((rows[:, :-1] * hidden).sum(-1) + rows[:, -1]).float()
 
     def spelling_log_probs(self, hidden: torch.Tensor, chars: torch.Tensor, replaces: int) -> torch.Tensor:

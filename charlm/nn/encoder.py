@@ -101,8 +101,7 @@ class WordEncoder(nn.Module):
             :meth:`charlm.vocab.Vocabulary.spellings`), for a char-CNN; kept as a buffer.
     """
 
-    def __init__(self, char_cnn: CharCNN | None, word_embedding: nn.Embedding | None,
-                 spellings: torch.Tensor | None):
+    def __init__(self, char_cnn: CharCNN | None, word_embedding: nn.Embedding | None, spellings: torch.Tensor | None):
         super().__init__()
         if char_cnn is None and word_embedding is None:
             raise ValueError("a word encoder needs a char-CNN, a word embedding, or both")
@@ -113,7 +112,8 @@ class WordEncoder(nn.Module):
                 raise ValueError("a character-input model needs the vocabulary's spellings")
             self.register_buffer("spellings", spellings.long().clone(), persistent=False)
         self.output_size = (char_cnn.output_size if char_cnn is not None else 0) + (
-            word_embedding.embedding_dim if word_embedding is not None else 0)
+            word_embedding.embedding_dim if word_embedding is not None else 0
+        )
 
     def forward(self, words: torch.Tensor) -> torch.Tensor:
         parts = []

@@ -1,9 +1,9 @@
 """The fused softmax: ``cross_entropy(h @ W.T + b, targets)`` in one autograd node.
 
-The usual way (a Linear, then ``F.cross_entropy``) writes the logits ``[N, V]``, reads them for log-softmax, writes a gradient of the same size filled with
-zeros and scattered, reads it again for the log-softmax backward, and only then multiplies by the
-weights. With a 10,000-word vocabulary those elementwise passes cost as much time on a CPU as
-the matrix products.
+The usual way (a Linear, then ``F.cross_entropy``) writes the logits ``[N, V]``, reads them for log-
+softmax, writes a gradient of the same size filled with zeros and scattered, reads it again for the
+log-softmax backward, and only then multiplies by the weights. With a 10,000-word vocabulary those
+elementwise passes cost as much time on a CPU as the matrix products.
 
 Here the forward pass computes the loss and, in the same sweep over each block of rows, the
 gradient of the loss with respect to the logits, ``softmax(logits) - onehot(target)``, which it
@@ -58,7 +58,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """Per-row ``-log softmax(hidden @ weight.T + bias)[target]``, as a float32 tensor ``[N]``.
 
     Under autocast the matrix products run in the autocast dtype (weights cast like a Linear's);

@@ -27,8 +27,9 @@ ACTIVATION_FUNCTIONS = {
 class Highway(nn.Module):
     """A stack of ``num_layers`` layers of one kind (see the module doc); 0 layers is the identity."""
 
-    def __init__(self, size: int, num_layers: int, kind: str = "highway", activation: str = "relu",
-                 gate_bias: float = -2.0):
+    def __init__(
+        self, size: int, num_layers: int, kind: str = "highway", activation: str = "relu", gate_bias: float = -2.0
+    ):
         super().__init__()
         self.kind = kind
         self.size = size
@@ -57,7 +58,7 @@ class Highway(nn.Module):
         """The transform-gate half of each layer's bias (empty unless kind is 'highway')."""
         if self.kind != "highway":
             return []
-        return [layer.bias[self.size:] for layer in self.layers]
+        return [layer.bias[self.size :] for layer in self.layers]
 
     @torch.no_grad()
     def shift_gate_biases(self) -> None:

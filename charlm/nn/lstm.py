@@ -33,13 +33,23 @@ class LSTMCore(RecurrentCore):
 
     state_batch_dims = {"h": 1, "c": 1}
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: float, *,
-                 recurrent_bias: bool = True, locked_dropout: bool = False, input_dropout: float = 0.0,
-                 weight_drop: float = 0.0):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        dropout: float,
+        *,
+        recurrent_bias: bool = True,
+        locked_dropout: bool = False,
+        input_dropout: float = 0.0,
+        weight_drop: float = 0.0,
+    ):
         super().__init__()
         self.input_size, self.output_size, self.num_layers = input_size, hidden_size, num_layers
-        self.lstm = nn.LSTM(input_size, hidden_size, num_layers=num_layers,
-                            dropout=dropout if num_layers > 1 else 0.0, batch_first=True)
+        self.lstm = nn.LSTM(
+            input_size, hidden_size, num_layers=num_layers, dropout=dropout if num_layers > 1 else 0.0, batch_first=True
+        )
         self.recurrent_bias = recurrent_bias
         for bias in self.frozen_recurrent_biases():
             bias.requires_grad_(False)
@@ -53,9 +63,16 @@ class LSTMCore(RecurrentCore):
 
     @classmethod
     def from_config(cls, config, input_size: int) -> "LSTMCore":
-        return cls(input_size, config.hidden_size, config.lstm_layers, config.dropout,
-                   recurrent_bias=config.lstm_recurrent_bias, locked_dropout=config.locked_dropout,
-                   input_dropout=config.input_dropout, weight_drop=config.weight_drop)
+        return cls(
+            input_size,
+            config.hidden_size,
+            config.lstm_layers,
+            config.dropout,
+            recurrent_bias=config.lstm_recurrent_bias,
+            locked_dropout=config.locked_dropout,
+            input_dropout=config.input_dropout,
+            weight_drop=config.weight_drop,
+        )
 
     def frozen_recurrent_biases(self) -> list[torch.Tensor]:
         """The recurrent biases held at zero (only when ``recurrent_bias`` is false)."""
@@ -83,8 +100,9 @@ class LSTMCore(RecurrentCore):
                 x = self.between_dropout(x)
             weights = self.layer_weights(i)
             weights[1] = drop_weights(weights[1], self.weight_drop, self.training)
-            x, h, c = torch.lstm(x, (state["h"][i : i + 1], state["c"][i : i + 1]), weights,
-                                 True, 1, 0.0, self.training, False, True)
+            x, h, c = torch.lstm(
+                x, (state["h"][i : i + 1], state["c"][i : i + 1]), weights, True, 1, 0.0, self.training, False, True
+            )
             hs.append(h)
             cs.append(c)
         return self.output_dropout(x), {"h": torch.cat(hs), "c": torch.cat(cs)}

@@ -33,8 +33,13 @@ from charlm.nn.core import RecurrentCore, State
 from charlm.nn.dropout import LockedDropout, keep_mask
 
 
-def rhn_reference(projected: torch.Tensor, s: torch.Tensor, mask: torch.Tensor | None,
-                  layers: list[nn.Linear], gates: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def rhn_reference(
+    projected: torch.Tensor,
+    s: torch.Tensor,
+    mask: torch.Tensor | None,
+    layers: list[nn.Linear],
+    gates: list[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The recurrence, step by step through autograd: ``projected`` ``[B, T, 2H]`` (the input part),
     ``s`` ``[B, H]`` the state before the chunk -> (outputs ``[B, T, H]``, the last state). If
     ``gates`` is a list, each micro-layer's transform gate ``[B, H]`` is appended to it."""
@@ -146,8 +151,9 @@ class RHNScan(torch.autograd.Function):
         return (grad_projected, ds, None, None, *grads)
 
 
-def rhn_scan(projected: torch.Tensor, s: torch.Tensor, mask: torch.Tensor | None,
-             layers: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
+def rhn_scan(
+    projected: torch.Tensor, s: torch.Tensor, mask: torch.Tensor | None, layers: list[nn.Linear]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`rhn_reference`'s result through :class:`RHNScan` (one autograd node)."""
     params = [p for layer in layers for p in (layer.weight, layer.bias)]
     return RHNScan.apply(projected, s, mask, _autocast_dtype(projected.device.type), *params)
@@ -158,9 +164,18 @@ class RHNCore(RecurrentCore):
 
     state_batch_dims = {"s": 0}
 
-    def __init__(self, input_size: int, hidden_size: int, depth: int, *, gate_bias: float = -2.0,
-                 input_dropout: float = 0.0, state_dropout: float = 0.0, output_dropout: float = 0.0,
-                 fused: bool = True):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        depth: int,
+        *,
+        gate_bias: float = -2.0,
+        input_dropout: float = 0.0,
+        state_dropout: float = 0.0,
+        output_dropout: float = 0.0,
+        fused: bool = True,
+    ):
         super().__init__()
         if depth < 1:
             raise ValueError(f"RHN depth must be at least 1, got {depth}")
@@ -168,19 +183,27 @@ class RHNCore(RecurrentCore):
         self.gate_bias = gate_bias
         self.fused = fused  # RHNScan (False: rhn_reference, the plain loop)
         self.input_weight = nn.Linear(input_size, 2 * hidden_size, bias=False)  # [W_H; W_T]
-        self.recurrent = nn.ModuleList(nn.Linear(hidden_size, 2 * hidden_size) for _ in range(depth))  # [R_H,l; R_T,l], b_l
+        self.recurrent = nn.ModuleList(
+            nn.Linear(hidden_size, 2 * hidden_size) for _ in range(depth)
+        )  # [R_H,l; R_T,l], b_l
         self.input_dropout = LockedDropout(input_dropout)
         self.state_dropout = state_dropout
         self.output_dropout = LockedDropout(output_dropout)
 
     @classmethod
     def from_config(cls, config, input_size: int) -> "RHNCore":
-        return cls(input_size, config.hidden_size, config.rhn_depth, gate_bias=config.rhn_gate_bias,
-                   input_dropout=config.input_dropout, state_dropout=config.state_dropout,
-                   output_dropout=config.dropout)
+        return cls(
+            input_size,
+            config.hidden_size,
+            config.rhn_depth,
+            gate_bias=config.rhn_gate_bias,
+            input_dropout=config.input_dropout,
+            state_dropout=config.state_dropout,
+            output_dropout=config.dropout,
+        )
 
     def transform_gate_biases(self) -> list[torch.Tensor]:
-        return [layer.bias[self.output_size:] for layer in self.recurrent]
+        return [layer.bias[self.output_size :] for layer in self.recurrent]
 
     def initialise_after_uniform(self) -> None:
         with torch.no_grad():
@@ -190,7 +213,9 @@ class RHNCore(RecurrentCore):
     def initial_state(self, batch_size: int) -> State:
         return {"s": self._zeros(batch_size, self.output_size)}
 
-    def forward(self, x: torch.Tensor, state: State, gates: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, State]:
+    def forward(
+        self, x: torch.Tensor, state: State, gates: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, State]:
         """``x`` ``[B, T, D]`` -> ``[B, T, H]``. If ``gates`` is a list, the transform gates of every
         step are appended to it as ``[B, T, depth, H]``."""
         s = state["s"]

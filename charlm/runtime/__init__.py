@@ -16,6 +16,19 @@ from charlm.runtime.provenance import run_record, source_commit
 from charlm.runtime.stop import StopRequest
 from charlm.runtime.threads import available_cores, configure_threads
 
-__all__ = ["AUTOCAST_DTYPES", "LOCAL_SIZE_VARIABLES", "PRECISIONS", "PrecisionChoice", "Step", "StopRequest", "available_cores",
-           "choose_precision", "configure_threads", "device_name", "launch_device_type", "local_process_count",
-           "run_record", "source_commit"]
+__all__ = [
+    "AUTOCAST_DTYPES",
+    "LOCAL_SIZE_VARIABLES",
+    "PRECISIONS",
+    "PrecisionChoice",
+    "Step",
+    "StopRequest",
+    "available_cores",
+    "choose_precision",
+    "configure_threads",
+    "device_name",
+    "launch_device_type",
+    "local_process_count",
+    "run_record",
+    "source_commit",
+]

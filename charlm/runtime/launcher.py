@@ -16,8 +16,12 @@ import torch
 
 # Environment variables that hold the number of processes on this machine, in the order read:
 # torchrun (what `accelerate launch` with several processes uses), then MPI implementations.
-LOCAL_SIZE_VARIABLES = ("LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE",
-                        "MV2_COMM_WORLD_LOCAL_SIZE")
+LOCAL_SIZE_VARIABLES = (
+    "LOCAL_WORLD_SIZE",
+    "MPI_LOCALNRANKS",
+    "OMPI_COMM_WORLD_LOCAL_SIZE",
+    "MV2_COMM_WORLD_LOCAL_SIZE",
+)
 
 
 def local_process_count() -> int:
@@ -53,8 +57,11 @@ def accelerate_precision_choice() -> str:
         return "no"
     from accelerate.commands.config import default_config_file
 
-    chose = (launch.mixed_precision is not None or launch.config_file is not None
-             or (os.path.isfile(default_config_file) and not launch.cpu))
+    chose = (
+        launch.mixed_precision is not None
+        or launch.config_file is not None
+        or (os.path.isfile(default_config_file) and not launch.cpu)
+    )
     return "no" if chose else ""
 
 
@@ -86,7 +93,7 @@ def after_launch_command(argv: list[str]) -> list[str] | None:
     for i, arg in enumerate(argv[:4]):
         name = os.path.basename(arg)
         if arg == "accelerate.commands.launch" or name == "accelerate-launch":
-            return argv[i + 1:]
-        if name == "accelerate" and argv[i + 1:i + 2] == ["launch"]:
-            return argv[i + 2:]
+            return argv[i + 1 :]
+        if name == "accelerate" and argv[i + 1 : i + 2] == ["launch"]:
+            return argv[i + 2 :]
     return None

@@ -108,7 +108,10 @@ def device_name(device_type: str) -> str:
 
 
 def cache_path() -> Path:
-    root = os.environ.get("CHARLM_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "charlm"
+    root = (
+        os.environ.get("CHARLM_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "charlm"
+    )
     return Path(root) / CACHE_FILE
 
 
@@ -130,8 +133,9 @@ def measure_speedup(step: Step, candidate: str, seconds: float | None = None) ->
     return statistics.median(times["no"]) / statistics.median(times[candidate])
 
 
-def choose_precision(value: str, device_type: str, step: Step | None = None, shapes: str = "",
-                     cache: Path | None = None) -> PrecisionChoice:
+def choose_precision(
+    value: str, device_type: str, step: Step | None = None, shapes: str = "", cache: Path | None = None
+) -> PrecisionChoice:
     """The precision a run uses (see the module doc). ``step`` is one training step of the run's
     model (:data:`Step`); ``shapes`` names the model and chunk shape in the cache. Without a
     ``step`` (nothing to time) ``auto`` is a cached answer if there is one, else fp32."""

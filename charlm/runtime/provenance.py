@@ -20,9 +20,12 @@ PACKAGE_DIR = Path(charlm.__file__).resolve().parent
 def source_commit() -> str | None:
     """The git commit of the charlm source that is running, with ``-dirty`` when tracked files
     differ from it; None for an installed wheel (no git checkout around the package)."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(PACKAGE_DIR), *args], capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(PACKAGE_DIR), *args], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
     try:
         commit = git("rev-parse", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no")
@@ -31,9 +34,18 @@ def source_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def run_record(*, config: str | None, parameters: int, epoch: int, seed: int, precision: str,
-               device_type: str, processes: int) -> dict[str, Any]:
+def run_record(
+    *, config: str | None, parameters: int, epoch: int, seed: int, precision: str, device_type: str, processes: int
+) -> dict[str, Any]:
     """The identity of a trained model, for ``config.json`` and test records."""
-    return {"config": config, "parameters": parameters, "epochs": epoch, "seed": seed, "precision": precision,
-            "device": device_name(device_type), "processes": processes, "commit": source_commit(),
-            "charlm_version": charlm.__version__}
+    return {
+        "config": config,
+        "parameters": parameters,
+        "epochs": epoch,
+        "seed": seed,
+        "precision": precision,
+        "device": device_name(device_type),
+        "processes": processes,
+        "commit": source_commit(),
+        "charlm_version": charlm.__version__,
+    }

@@ -1,22 +1,20 @@
 """Stopping together: signals, and one failed process ending the others within seconds.
 
-With several processes, an error on one of them used to leave the others running until the launcher killed them 30 s later (torchrun's grace
-period; longer elsewhere), and printed a second, misleading error ("Connection closed by peer")
-from each survivor. The cause: the SIGTERM the launcher sends the survivors is the signal that
-asks charlm to save and stop after the current update, so a survivor in a long phase without
-collectives (validation, a big update) kept going, and one blocked in a collective could not
-even run its handler. A survivor cannot tell that SIGTERM from a user's, so the processes tell
-each other, through the launcher's rendezvous store (a key-value server every process already
-reaches, independent of the collectives): the first process whose training raises records its
-rank there before its error propagates; every process polls the store from a watcher thread and,
-seeing another's failure, ends at once and quietly (the failing process prints its error once,
-the main process adds one line if it survived). A process killed outright (SIGKILL, the
-out-of-memory killer) records nothing; its launcher then SIGTERMs the others, and a process that
-has a stop signal pending and sees a peer's heartbeat counter stand still for
-``SILENT_SECONDS`` ends too. When every process is alive, a SIGINT or SIGTERM still saves and
-stops after the current update, as before. The kill-safe checkpoints (``charlm.state``) make
-ending a process at any moment safe.
-"""
+With several processes, an error on one of them used to leave the others running until the launcher
+killed them 30 s later (torchrun's grace period; longer elsewhere), and printed a second, misleading
+error ("Connection closed by peer") from each survivor. The cause: the SIGTERM the launcher sends
+the survivors is the signal that asks charlm to save and stop after the current update, so a
+survivor in a long phase without collectives (validation, a big update) kept going, and one blocked
+in a collective could not even run its handler. A survivor cannot tell that SIGTERM from a user's,
+so the processes tell each other, through the launcher's rendezvous store (a key-value server every
+process already reaches, independent of the collectives): the first process whose training raises
+records its rank there before its error propagates; every process polls the store from a watcher
+thread and, seeing another's failure, ends at once and quietly (the failing process prints its error
+once, the main process adds one line if it survived). A process killed outright (SIGKILL, the out-
+of-memory killer) records nothing; its launcher then SIGTERMs the others, and a process that has a
+stop signal pending and sees a peer's heartbeat counter stand still for ``SILENT_SECONDS`` ends too.
+When every process is alive, a SIGINT or SIGTERM still saves and stops after the current update, as
+before. The kill-safe checkpoints (``charlm.state``) make ending a process at any moment safe."""
 
 from __future__ import annotations
 
@@ -167,6 +165,10 @@ def _connect_store():
     try:
         return TCPStore(host, int(port), is_master=False, timeout=STORE_TIMEOUT)
     except (RuntimeError, ValueError) as err:
-        print(f"charlm: warning: cannot reach the launcher's store at {host}:{port} ({err}); if one process "
-              "fails, the others stop only when the launcher ends them", file=sys.stderr, flush=True)
+        print(
+            f"charlm: warning: cannot reach the launcher's store at {host}:{port} ({err}); if one process "
+            "fails, the others stop only when the launcher ends them",
+            file=sys.stderr,
+            flush=True,
+        )
         return None

@@ -43,8 +43,10 @@ def configure_threads(requested: int = 0, local_processes: int | None = None) ->
     overrides the ``OMP_NUM_THREADS=1`` that ``accelerate launch`` and torchrun set.
     """
     if requested < 0:
-        raise CharlmError(f"the thread count must be 0 (automatic) or positive, got {requested}; "
-                          "set train.num_threads (or --num-threads) to 0 or more")
+        raise CharlmError(
+            f"the thread count must be 0 (automatic) or positive, got {requested}; "
+            "set train.num_threads (or --num-threads) to 0 or more"
+        )
     sharing = local_processes if local_processes is not None else local_process_count()
     threads = requested or user_thread_choice() or max(1, available_cores() // max(sharing, 1))
     torch.set_num_threads(threads)

@@ -18,7 +18,9 @@ from charlm.nn import AdaptiveSoftmax, FullSoftmax, default_cutoffs
 class TorchAdaptive(torch.nn.Module):
     def __init__(self, hidden, vocab):
         super().__init__()
-        self.layer = torch.nn.AdaptiveLogSoftmaxWithLoss(hidden, vocab, default_cutoffs(vocab), div_value=4.0, head_bias=True)
+        self.layer = torch.nn.AdaptiveLogSoftmaxWithLoss(
+            hidden, vocab, default_cutoffs(vocab), div_value=4.0, head_bias=True
+        )
 
     def nll(self, hidden, targets):
         return -self.layer(hidden, targets).output.float()
@@ -51,13 +53,18 @@ def main() -> None:
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     hidden_size, rows = 300, 700
-    print(f"output layer forward+backward, {rows} rows x H={hidden_size}, median of {args.repeats} (ms); "
-          f"{torch.get_num_threads()} thread(s)")
+    print(
+        f"output layer forward+backward, {rows} rows x H={hidden_size}, median of {args.repeats} (ms); "
+        f"{torch.get_num_threads()} thread(s)"
+    )
     print(f"{'V':>8} {'dtype':>5} {'full':>9} {'torch adaptive':>15} {'charlm adaptive':>16} {'full/charlm':>12}")
     for vocab in args.vocab:
         hidden, targets = torch.randn(rows, hidden_size), zipf_targets(vocab, rows, rng)
-        layers = {"full": FullSoftmax(hidden_size, vocab), "torch": TorchAdaptive(hidden_size, vocab),
-                  "charlm": AdaptiveSoftmax(hidden_size, vocab, [], 4.0)}
+        layers = {
+            "full": FullSoftmax(hidden_size, vocab),
+            "torch": TorchAdaptive(hidden_size, vocab),
+            "charlm": AdaptiveSoftmax(hidden_size, vocab, [], 4.0),
+        }
         for dtype in ("fp32", "bf16"):
             ms = {}
             for name, layer in layers.items():
@@ -66,8 +73,11 @@ def main() -> None:
                 except RuntimeError as err:  # torch's layer fails under bf16 autocast (a dtype mismatch)
                     ms[name] = "fails"
                     print(f"  {name} {dtype}: {str(err).splitlines()[0]}")
-            print(f"{vocab:>8} {dtype:>5} {ms['full']:>9} {ms['torch']:>15} {ms['charlm']:>16} "
-                  f"{float(ms['full']) / float(ms['charlm']):>11.1f}x", flush=True)
+            print(
+                f"{vocab:>8} {dtype:>5} {ms['full']:>9} {ms['torch']:>15} {ms['charlm']:>16} "
+                f"{float(ms['full']) / float(ms['charlm']):>11.1f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

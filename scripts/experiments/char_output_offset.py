@@ -66,7 +66,10 @@ def main() -> None:
             if (k + 1) % args.every == 0:
                 with torch.no_grad():
                     common, spread = common_part(run.raw_model.output)
-                print(f"update {k + 1}: common part {common.norm():.2f} | spread of the rows around it {spread:.2f}", flush=True)
+                print(
+                    f"update {k + 1}: common part {common.norm():.2f} | spread of the rows around it {spread:.2f}",
+                    flush=True,
+                )
         # a copy outside accelerate, whose wrapper would run every forward under bf16 autocast
         model = CharLM(run.raw_model.config, run.raw_model.encoder.spellings)
         model.load_state_dict(run.raw_model.state_dict())
@@ -79,8 +82,11 @@ def main() -> None:
                     fp32 = model(inputs, run.state, targets)[0].float().mean().item()
                     with torch.autocast("cpu", dtype=torch.bfloat16):
                         bf16 = model(inputs, run.state, targets)[0].float().mean().item()
-                print(f"common offset {size:.0f}: next chunk eval perplexity float32 {math.exp(fp32):.1f} | "
-                      f"bf16 {math.exp(bf16):.1f}", flush=True)
+                print(
+                    f"common offset {size:.0f}: next chunk eval perplexity float32 {math.exp(fp32):.1f} | "
+                    f"bf16 {math.exp(bf16):.1f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ perplexity per epoch on a log axis. Used for the recurrence-depth claim and the 
 docs/highway-claims.md and docs/beyond-the-paper.md:
 
     python scripts/experiments/compare_runs.py \
-        "RHN depth 1=docs/results/ptb-char-small-rhn-depth1.metrics.jsonl" \
-        "RHN depth 2=docs/results/ptb-char-small-rhn-lr05.metrics.jsonl" \
-        --epochs 1 5 10 15 20 25 --plot docs/rhn-depth.png
+        "RHN depth 1=results/ptb-char-small-rhn-depth1.metrics.jsonl" \
+        "RHN depth 2=results/ptb-char-small-rhn-lr05.metrics.jsonl" \
+        --epochs 1 5 10 15 20 25 --plot results/figures/rhn-depth.png
 """
 
 import argparse
@@ -28,8 +28,10 @@ def parse_run(text: str) -> tuple[str, Path]:
 
 
 def table(runs: dict[str, list[dict]], epochs: list[int]) -> str:
-    rows = ["| run | " + " | ".join(f"epoch {e}" for e in epochs) + " | best valid | epochs |",
-            "|---|" + "---|" * (len(epochs) + 2)]
+    rows = [
+        "| run | " + " | ".join(f"epoch {e}" for e in epochs) + " | best valid | epochs |",
+        "|---|" + "---|" * (len(epochs) + 2),
+    ]
     for label, records in runs.items():
         by_epoch = {int(r["epoch"]): r["valid_ppl"] for r in records}
         cells = [f"{by_epoch[e]:.1f}" if e in by_epoch else "-" for e in epochs]
@@ -46,7 +48,9 @@ def plot(runs: dict[str, list[dict]], png: Path) -> None:
         ax.plot([r["epoch"] for r in records], [r["valid_ppl"] for r in records], "o-", markersize=3, label=label)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if round(value) in (80, 90, 200, 300, 500) else ""))
+    ax.yaxis.set_minor_formatter(
+        FuncFormatter(lambda value, _: f"{value:g}" if round(value) in (80, 90, 200, 300, 500) else "")
+    )
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation perplexity (log scale)")
     ax.grid(True, which="both", alpha=0.3)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The highway claims of issue 27, part 1, measured in Char-Small on PTB (docs/highway-claims.md):
+# The highway claims measured in Char-Small on PTB (docs/highway-claims.md):
 #   depth:     1, 2, 4, 8, 16 layers of each kind (highway, mlp, residual) between char-CNN and LSTM;
 #   gate bias: highway depth 8 with transform-gate bias 0, -1, -4 (-2 is the depth run's default).
 # Every run is the ptb-char-small recipe for EPOCHS epochs (the same short schedule for all), one

@@ -2,11 +2,11 @@
 """Tables and plots of the highway sweep (``highway_sweep.sh``): validation and training
 perplexity per depth and kind, the gate-bias runs, and each highway stack's mean transform gate
 per layer (from the ``gates`` analysis). Copies every finished run's ``metrics.jsonl`` and
-``gates.json`` under ``--record`` (docs/results/highway-sweep/), draws ``--plot`` (PNG) and prints
+``gates.json`` under ``--record`` (results/highway-sweep/), draws ``--plot`` (PNG) and prints
 the Markdown tables.
 
-    python scripts/experiments/highway_sweep_report.py SWEEP_DIR --record docs/results/highway-sweep \
-        --plot docs/highway-sweep.png
+    python scripts/experiments/highway_sweep_report.py SWEEP_DIR --record results/highway-sweep \
+        --plot results/figures/highway-sweep.png
 """
 
 import argparse
@@ -51,8 +51,11 @@ def main() -> None:
     print("|---|" + "---|" * len(DEPTHS))
     for kind in KINDS:
         records = [last_record(run_dir(args.sweep, kind, d)) for d in DEPTHS]
-        print(f"| {kind} | " + " | ".join(
-            f"{cell(r, 'valid_ppl')} ({cell(r, 'train_ppl')})" if r else "not run" for r in records) + " |")
+        print(
+            f"| {kind} | "
+            + " | ".join(f"{cell(r, 'valid_ppl')} ({cell(r, 'train_ppl')})" if r else "not run" for r in records)
+            + " |"
+        )
     print("\nvalid ppl (train ppl) after the schedule\n")
     print("| gate bias at depth 8 | valid ppl | train ppl | mean transform gate per layer |")
     print("|---|---|---|---|")
@@ -79,15 +82,23 @@ def main() -> None:
             points = [(d, r["valid_ppl"]) for d in DEPTHS if (r := last_record(run_dir(args.sweep, kind, d)))]
             if points:
                 left.plot(*zip(*points), marker="o", label=kind)
-        left.set(xscale="log", yscale="log", xlabel="layers between char-CNN and LSTM", ylabel="validation perplexity",
-                 title="Depth (same short schedule)")
+        left.set(
+            xscale="log",
+            yscale="log",
+            xlabel="layers between char-CNN and LSTM",
+            ylabel="validation perplexity",
+            title="Depth (same short schedule)",
+        )
         left.set_xticks(DEPTHS, [str(d) for d in DEPTHS])
         left.legend()
         points = [(b, r["valid_ppl"]) for b in BIASES if (r := last_record(run_dir(args.sweep, "highway", 8, b)))]
         if points:
             right.plot(*zip(*points), marker="o")
-        right.set(xlabel="transform-gate bias at initialisation", ylabel="validation perplexity",
-                  title="Highway depth 8: gate bias")
+        right.set(
+            xlabel="transform-gate bias at initialisation",
+            ylabel="validation perplexity",
+            title="Highway depth 8: gate bias",
+        )
         fig.tight_layout()
         fig.savefig(args.plot, dpi=100)
 

@@ -57,9 +57,12 @@ def main() -> None:
                 if table is not None:
                     weight, bias = table()
                     extra = f" | |e| {weight.norm(dim=1).mean():.2f} | bias {bias.mean():.2f} +- {bias.std():.2f}"
-            print(f"update {k + 1}: window ppl {math.exp(sum(window) / len(window)):.0f} | next chunk: train mode "
-                  f"{math.exp(train_mode):.0f}, eval {math.exp(eval_mode):.0f} | grad norm {float(run.grad_norm):.0f}"
-                  + extra, flush=True)
+            print(
+                f"update {k + 1}: window ppl {math.exp(sum(window) / len(window)):.0f} | next chunk: train mode "
+                f"{math.exp(train_mode):.0f}, eval {math.exp(eval_mode):.0f} | grad norm {float(run.grad_norm):.0f}"
+                + extra,
+                flush=True,
+            )
             window = []
 
 

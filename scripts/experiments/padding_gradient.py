@@ -21,10 +21,9 @@ import _measure  # this folder's shared options and error handling
 import torch
 
 from charlm.checkpoint import load_model
-from charlm.corpus import load_corpus
+from charlm.corpus import TextStream, load_corpus
 from charlm.errors import CharlmError
 from charlm.nn import detach_state
-from charlm.corpus import TextStream
 from charlm.train import sequence_loss
 from charlm.vocab import PAD_CHAR
 
@@ -68,9 +67,11 @@ def measure(args: argparse.Namespace) -> None:
         clipped_without += rest > args.clip
         clipped_with += total > args.clip
         shrink.append(min(1.0, args.clip / total) / min(1.0, args.clip / rest))
-    print(f"padding row |g|: {mean(padding):.3f} (max {max(padding):.3f}); all other parameters |g|: "
-          f"{mean(others):.3f}; clipped at {args.clip:g}: {clipped_without}/{args.chunks} chunks without the row, "
-          f"{clipped_with}/{args.chunks} with it; their step shrinks by {mean(shrink):.3f} on average")
+    print(
+        f"padding row |g|: {mean(padding):.3f} (max {max(padding):.3f}); all other parameters |g|: "
+        f"{mean(others):.3f}; clipped at {args.clip:g}: {clipped_without}/{args.chunks} chunks without the row, "
+        f"{clipped_with}/{args.chunks} with it; their step shrinks by {mean(shrink):.3f} on average"
+    )
 
 
 if __name__ == "__main__":

@@ -87,8 +87,11 @@ def stale_state_forward(self: nn.LSTM, x: torch.Tensor, hidden):
             step_input = F.dropout(step_input, self.dropout, training=True)  # as nn.LSTM between layers
         w_ih = getattr(self, f"weight_ih_l{layer}")
         w_hh = getattr(self, f"weight_hh_l{layer}")
-        gates = (F.linear(step_input, w_ih, getattr(self, f"bias_ih_l{layer}")) + getattr(self, f"bias_hh_l{layer}")
-                 + StaleLinear.apply(h0[layer], w_hh, finals_h[layer]))
+        gates = (
+            F.linear(step_input, w_ih, getattr(self, f"bias_ih_l{layer}"))
+            + getattr(self, f"bias_hh_l{layer}")
+            + StaleLinear.apply(h0[layer], w_hh, finals_h[layer])
+        )
         i, f, g, o = gates.chunk(4, dim=-1)  # PyTorch's gate order
         c = StaleMul.apply(torch.sigmoid(f), c0[layer], finals_c[layer]) + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)

@@ -20,10 +20,9 @@ import torch
 from torch import nn
 
 from charlm.checkpoint import load_model
-from charlm.corpus import load_corpus
+from charlm.corpus import TextStream, load_corpus
 from charlm.errors import CharlmError
 from charlm.nn import detach_state
-from charlm.corpus import TextStream
 from charlm.train import sequence_loss
 
 _script = Path(__file__).with_name("reference_stale_state.py")
@@ -39,8 +38,9 @@ def gradient(model, inputs, targets, hidden, lstm_forward):
     nll, hidden = model(inputs, hidden, targets)
     sequence_loss(nll).backward()
     flat = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-    recurrent = torch.cat([getattr(model.core.lstm, f"weight_hh_l{i}").grad.flatten()
-                           for i in range(model.core.lstm.num_layers)])
+    recurrent = torch.cat(
+        [getattr(model.core.lstm, f"weight_hh_l{i}").grad.flatten() for i in range(model.core.lstm.num_layers)]
+    )
     return flat, recurrent, detach_state(hidden)
 
 
@@ -60,8 +60,9 @@ def measure(args: argparse.Namespace) -> None:
     batch_size = args.batch_size
     stream = TextStream(load_corpus(args.data_dir)[1]["train"], batch_size, args.seq_len, 0, batch_size)
     if stream.num_chunks < args.skip + args.chunks:
-        raise CharlmError(f"the training split has {stream.num_chunks} chunks, fewer than --skip + --chunks; "
-                          "lower them")
+        raise CharlmError(
+            f"the training split has {stream.num_chunks} chunks, fewer than --skip + --chunks; lower them"
+        )
     hidden = model.initial_state(batch_size)
     with torch.no_grad():
         for k in range(args.skip):
@@ -78,8 +79,10 @@ def measure(args: argparse.Namespace) -> None:
         previous, hidden = plain, next_hidden
     nn.LSTM.forward = stale.plain_lstm_forward
     mean = lambda values: sum(values) / len(values)  # noqa: E731
-    print(f"|g_stale - g| / |g|: {mean(gaps):.3f} (max {max(gaps):.3f}); recurrent weights only: "
-          f"{mean(recurrent_gaps):.3f}; consecutive chunks |g_next - g| / |g|: {mean(noise):.3f}")
+    print(
+        f"|g_stale - g| / |g|: {mean(gaps):.3f} (max {max(gaps):.3f}); recurrent weights only: "
+        f"{mean(recurrent_gaps):.3f}; consecutive chunks |g_next - g| / |g|: {mean(noise):.3f}"
+    )
 
 
 if __name__ == "__main__":
