@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from charlm.errors import CharlmError
-from charlm.evaluate import (
+from charlm.inputs import (
     add_model_arguments,
     add_source_arguments,
     corpus_split_ids,
@@ -42,7 +42,7 @@ from charlm.evaluate import (
 from charlm.io import atomic_open
 from charlm.model import CharLM
 from charlm.plots import MATPLOTLIB_MISSING, new_figure, save_figure
-from charlm.vocab import EOS_WORD, UNK_WORD, Vocabulary
+from charlm.text import EOS_WORD, UNK_WORD, Vocabulary
 
 STAGES = ("cnn", "highway")
 CHUNK_WORDS = 4096  # words encoded per call when going through the whole vocabulary

@@ -56,52 +56,17 @@ from torch import nn
 
 from charlm.config import ModelConfig, load_config
 from charlm.corpus import load_corpus
-from charlm.evaluate import DEFAULTS as EVAL_DEFAULTS
 from charlm.generate import SamplingOptions, sample
+from charlm.inputs import DEFAULTS as EVAL_DEFAULTS
 from charlm.memory import keep_freed_memory
 from charlm.model import CharLM
-from charlm.nn import detach_state, resolve_cutoffs
+from charlm.nn import CORES, OUTPUTS, detach_state
+from charlm.plain_model import PlainCharLM, plain_model_copy, plain_stream_score, zero_state
 from charlm.runtime import device_name, source_commit
 from charlm.scoring import score_columns, score_stream
-from charlm.vocab import PAD_CHAR
 
 IMPLEMENTATIONS = ("plain fp32", "charlm fp32", "charlm bf16")
 EVAL_WARMUP_TOKENS = 4096  # untimed tokens each scoring way reads before it is timed
-
-
-class PlainCharLM(nn.Module):
-    """The straightforward implementation: what most public ports write."""
-
-    def __init__(self, c: ModelConfig, spellings: torch.Tensor):
-        super().__init__()
-        self.spellings = spellings
-        self.embedding = nn.Embedding(c.char_vocab_size, c.char_embed_dim, padding_idx=PAD_CHAR)
-        self.convs = nn.ModuleList(nn.Conv1d(c.char_embed_dim, n, w) for w, n in zip(c.kernel_widths, c.num_filters))
-        d = sum(c.num_filters)
-        self.transforms = nn.ModuleList(nn.Linear(d, d) for _ in range(c.highway_layers))
-        self.gates = nn.ModuleList(nn.Linear(d, d) for _ in range(c.highway_layers))
-        self.lstm = nn.LSTM(d, c.hidden_size, c.lstm_layers, dropout=c.dropout, batch_first=True)
-        self.dropout = nn.Dropout(c.dropout)
-        self.decoder = nn.Linear(c.hidden_size, c.vocab_size)
-        for p in self.parameters():
-            nn.init.uniform_(p, -c.init_range, c.init_range)
-        with torch.no_grad():
-            self.embedding.weight[PAD_CHAR].zero_()
-            for gate in self.gates:
-                gate.bias.add_(c.highway_gate_bias)
-
-    def encode(self, words: torch.Tensor) -> torch.Tensor:
-        b, t = words.shape
-        x = self.embedding(self.spellings[words.flatten()]).transpose(1, 2)  # [B*T, E, L]
-        y = torch.cat([torch.tanh(conv(x)).max(dim=2).values for conv in self.convs], dim=1)
-        for transform, gate in zip(self.transforms, self.gates):
-            g = torch.sigmoid(gate(y))
-            y = g * F.relu(transform(y)) + (1 - g) * y
-        return y.view(b, t, -1)
-
-    def forward(self, words, hidden):
-        out, hidden = self.lstm(self.encode(words), hidden)
-        return self.decoder(self.dropout(out)), hidden
 
 
 def flops_per_token(c: ModelConfig) -> float:
@@ -112,14 +77,8 @@ def flops_per_token(c: ModelConfig) -> float:
     cnn = sum(2 * c.char_embed_dim * w * n * (L - w + 1) for w, n in zip(c.kernel_widths, c.num_filters))
     d, h = c.input_size, c.hidden_size
     highway = c.highway_layers * 2 * d * 2 * d
-    if c.core == "lstm":
-        core = sum(2 * 4 * h * ((d if i == 0 else h) + h) for i in range(c.lstm_layers))
-    else:  # rhn: the input enters the first micro-layer; each micro-layer is an [H, 2H] product
-        core = 2 * 2 * h * d + c.rhn_depth * 2 * h * 2 * h
-    if c.output == "adaptive":
-        cutoffs = resolve_cutoffs(c.adaptive_cutoffs, c.vocab_size)
-        return cnn + highway + core + 2 * h * (cutoffs[0] + len(cutoffs))
-    return cnn + highway + core + 2 * h * c.vocab_size
+    core = CORES[c.core].flops_per_token(c, d)
+    return cnn + highway + core + OUTPUTS[c.output].flops_per_token(c, h)
 
 
 def has_plain_twin(c: ModelConfig) -> bool:
@@ -154,7 +113,7 @@ def train_stepper(model: nn.Module, batches: list[torch.Tensor], fused: bool, bf
     def step(i: int) -> None:
         data = batches[i % len(batches)]
         x, y = data[:, :-1], data[:, 1:]
-        h = hidden[0] if hidden[0] is not None else _zeros(model, x.size(0))
+        h = hidden[0] if hidden[0] is not None else zero_state(model, x.size(0))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             if fused:
                 nll, h = model(x, h, y)
@@ -174,28 +133,6 @@ def train_stepper(model: nn.Module, batches: list[torch.Tensor], fused: bool, bf
         hidden[0] = detach_state(h) if isinstance(h, dict) else (h[0].detach().float(), h[1].detach().float())
 
     return step
-
-
-def _zeros(model, batch):
-    """The initial state: charlm's core state, or the plain model's ``(h, c)``."""
-    if isinstance(model, CharLM):
-        return model.initial_state(batch)
-    lstm = model.lstm
-    shape = (lstm.num_layers, batch, lstm.hidden_size)
-    return torch.zeros(shape), torch.zeros(shape)
-
-
-@torch.inference_mode()
-def plain_stream_score(model: PlainCharLM, ids: np.ndarray, start_id: int, seq_len: int = 35) -> tuple[float, int]:
-    """The reference evaluation: one stream, 35-step chunks, the encoder run for every token."""
-    model.eval()
-    targets = torch.as_tensor(np.asarray(ids, dtype=np.int64))
-    inputs = torch.cat([targets.new_tensor([start_id]), targets[:-1]])
-    hidden, total = _zeros(model, 1), 0.0
-    for start in range(0, len(targets), seq_len):
-        logits, hidden = model(inputs[None, start : start + seq_len], hidden)
-        total += F.cross_entropy(logits[0], targets[start : start + seq_len], reduction="sum").item()
-    return total, len(targets)
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -300,23 +237,6 @@ def benchmark_config(name: str, vocab, splits, args) -> dict:
     samples = sample(charlm_model, vocab, "", SamplingOptions(num_samples=1, max_words=200, seed=0))
     result["generate_ms_per_word"] = round(samples.ms_per_word, 2)
     return result
-
-
-def plain_model_copy(plain: PlainCharLM, model: CharLM) -> PlainCharLM:
-    """Give the plain model charlm's weights, so the two evaluations must agree."""
-    with torch.no_grad():
-        plain.embedding.weight.copy_(model.encoder.char_cnn.embedding.weight)
-        for a, b in zip(plain.convs, model.encoder.char_cnn.convs):
-            a.load_state_dict(b.state_dict())
-        d = model.config.input_size
-        for t, g, layer in zip(plain.transforms, plain.gates, model.highway.layers):
-            t.weight.copy_(layer.weight[:d])
-            t.bias.copy_(layer.bias[:d])  # noqa: E702
-            g.weight.copy_(layer.weight[d:])
-            g.bias.copy_(layer.bias[d:])  # noqa: E702
-        plain.lstm.load_state_dict(model.core.lstm.state_dict())
-        plain.decoder.load_state_dict(model.output.decoder.state_dict())
-    return plain
 
 
 def main(argv: list[str] | None = None) -> int:

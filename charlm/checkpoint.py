@@ -27,10 +27,10 @@ from safetensors.torch import load_file, save_file
 
 import charlm
 from charlm.config import model_config_from_json
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, error_reason
 from charlm.io import save_json
 from charlm.model import CharLM, upgrade_state_dict
-from charlm.vocab import Vocabulary
+from charlm.text import Vocabulary
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -107,33 +107,20 @@ def recover_export(directory: str | Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)  # left over, or an export that did not finish writing
 
 
-def error_reason(err: BaseException) -> str:
-    """The first line of an exception's message (``strerror`` for an OSError), for one-line errors."""
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def training_record(directory: str | Path) -> dict[str, Any]:
     """The ``"run"`` record an exported model carries (config, parameters, epochs, seed, precision,
     device, commit: see :func:`charlm.runtime.run_record`); {} for a model exported before it was kept."""
-    from charlm.hub import resolve_model_dir
-
     try:
-        config = json.loads((resolve_model_dir(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
+        config = json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return config.get("run", {})
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[CharLM, Vocabulary]:
-    """Load an exported model: a directory, or a Hugging Face hub id (``owner/name``, downloaded or taken
-    from the hub's cache, see :func:`charlm.hub.resolve_model_dir`); every problem is a one-line
-    :class:`CharlmError`."""
-    from charlm.hub import resolve_model_dir  # imported here: charlm.hub builds on this module
-
-    directory = resolve_model_dir(directory)
+    """Load an exported model from its directory (a hub id goes through :func:`charlm.hub.from_pretrained`,
+    which finds the directory and calls this); every problem is a one-line :class:`CharlmError`."""
+    directory = Path(directory)
     if not directory.is_dir():
         if directory.with_name(directory.name + ".old").is_dir():
             raise CharlmError(
@@ -182,6 +169,5 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     try:
         model.load_state_dict(upgrade_state_dict(state))
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise CharlmError(f"{weights} does not match {directory / CONFIG_FILE}: {first}") from None
+        raise CharlmError(f"{weights} does not match {directory / CONFIG_FILE}: {error_reason(err)}") from None
     return model.to(device).eval(), vocab

@@ -2,7 +2,7 @@
 
 A prepared corpus is a directory that explains itself::
 
-    vocab.json        words, characters, spelling length, tokenizer settings (see charlm.vocab)
+    vocab.json        words, characters, spelling length, tokenizer settings (see charlm.text)
     tokenizer.json    the word-level tokenizer (word mode), or spm.model (sentencepiece mode)
     train.npy         word ids of the training split, int32, <eos> after each line
     valid.npy         the same for the validation split
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from charlm.errors import CharlmError
-from charlm.vocab import Vocabulary
+from charlm.text import Vocabulary
 
 if TYPE_CHECKING:
     import torch

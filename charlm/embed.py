@@ -42,10 +42,10 @@ import torch
 
 from charlm.analysis import CHUNK_WORDS, STAGES, in_vocabulary, represent_words
 from charlm.errors import CharlmError
-from charlm.evaluate import add_model_arguments, load_checkpoint, main_process_only
+from charlm.inputs import add_model_arguments, load_checkpoint, main_process_only
 from charlm.io import atomic_open
 from charlm.plots import check_output_path
-from charlm.vocab import Vocabulary
+from charlm.text import Vocabulary
 
 if TYPE_CHECKING:
     from charlm.model import CharLM
@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_contextual(args: argparse.Namespace) -> int:
     """``--contextual --text-file F --format npy``: per-token features of a text."""
-    from charlm.evaluate import read_text_lines
+    from charlm.inputs import read_text_lines
 
     if not (args.contextual and args.text_file is not None):
         raise CharlmError("--contextual and --text-file go together: contextual vectors are those of a text's tokens")

@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from charlm.errors import CharlmError
-from charlm.evaluate import add_model_arguments, load_checkpoint, main_process_only
+from charlm.inputs import add_model_arguments, load_checkpoint, main_process_only
 from charlm.model import CharLM
 from charlm.nn import State, expand_state
 from charlm.scoring import vocabulary_embeddings
-from charlm.vocab import Vocabulary
+from charlm.text import Vocabulary
 
 SENTENCEPIECE_WORD_START = "\u2581"  # "▁": a sentencepiece piece that starts a new word
 

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import charlm
-from charlm.checkpoint import CONFIG_FILE, WEIGHTS_FILE, error_reason, export_model, load_model
-from charlm.errors import CharlmError
-from charlm.vocab import SENTENCEPIECE_FILE, VOCAB_FILE, WORD_TOKENIZER_FILE, Vocabulary
+from charlm.checkpoint import CONFIG_FILE, WEIGHTS_FILE, export_model, load_model
+from charlm.errors import CharlmError, error_reason
+from charlm.text import SENTENCEPIECE_FILE, VOCAB_FILE, WORD_TOKENIZER_FILE, Vocabulary
 
 if TYPE_CHECKING:
     from charlm.model import CharLM
@@ -103,7 +103,7 @@ def from_pretrained(ref: str | Path, device: str = "cpu") -> tuple[CharLM, Vocab
 
     The model is on ``device`` in eval mode; every problem is a one-line :class:`CharlmError`.
     """
-    return load_model(ref, device)  # load_model resolves hub ids through resolve_model_dir
+    return load_model(resolve_model_dir(ref), device)
 
 
 def shared_files(directory: Path) -> list[str]:

@@ -26,7 +26,7 @@ from charlm.config import ModelConfig
 from charlm.nn import CORES, OUTPUTS, CharCNN, Highway, State, WordEncoder
 
 if TYPE_CHECKING:
-    from charlm.vocab import Vocabulary
+    from charlm.text import Vocabulary
 
 
 class CharLM(nn.Module):
@@ -36,7 +36,7 @@ class CharLM(nn.Module):
         config: the architecture; ``vocab_size``, ``char_vocab_size`` and ``max_word_length``
             must be filled from the corpus.
         spellings: ``[vocab_size, max_word_length]`` character ids of every word (from
-            :meth:`charlm.vocab.Vocabulary.spellings`); needed when ``config.uses_spellings``.
+            :meth:`charlm.text.Vocabulary.spellings`); needed when ``config.uses_spellings``.
     """
 
     def __init__(self, config: ModelConfig, spellings: torch.Tensor | None = None):
@@ -168,10 +168,7 @@ class CharLM(nn.Module):
 def describe_model(config: ModelConfig) -> str:
     """One line: input, highway, core and output, e.g. for the training summary."""
     highway = "no highway" if config.highway == "none" else f"{config.highway_layers} {config.highway}"
-    if config.core == "lstm":
-        core = f"LSTM {config.lstm_layers}x{config.hidden_size}"
-    else:
-        core = f"RHN {config.hidden_size}, depth {config.rhn_depth}"
+    core = CORES[config.core].describe(config)
     return f"{config.input} input, {highway}, {core}, {config.output} softmax"
 
 

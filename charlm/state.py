@@ -34,9 +34,8 @@ from accelerate.utils.constants import OPTIMIZER_NAME, RNG_STATE_NAME, SAFE_WEIG
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from charlm.checkpoint import error_reason
 from charlm.config import ModelConfig, TrainConfig, config_from_dict
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, error_reason
 from charlm.io import atomic_write_text, save_json
 
 CHECKPOINTS_DIR = "checkpoints"

@@ -10,7 +10,7 @@ Usage (exactly one source)::
 The text is streamed, never held whole: memory does not grow with the corpus, only with its
 number of different words. Word mode reads the text once: pass 1 tokenizes every split a batch
 of lines at a time, writes provisional word ids straight into the split arrays on disk and
-counts the training words; pass 2 builds the :class:`~charlm.vocab.Vocabulary` from the
+counts the training words; pass 2 builds the :class:`~charlm.text.Vocabulary` from the
 training split's counts and renumbers the arrays in place. Sentencepiece mode reads the text
 twice: pass 1 trains the model on (a sample of) the training lines, pass 2 encodes every split
 into its array. Missing valid/test splits are carved out of train line by line (see
@@ -49,7 +49,7 @@ from charlm.corpus import (
     split_file,
 )
 from charlm.errors import CharlmError
-from charlm.vocab import PRE_TOKENIZERS, SP_MODEL_TYPES, TOKENIZERS, VocabOptions, Vocabulary
+from charlm.text import PRE_TOKENIZERS, SP_MODEL_TYPES, TOKENIZERS, VocabOptions, Vocabulary
 from data_prep.demo import demo_source, demo_splits
 from data_prep.output import IdArrayWriter, TemporaryCorpus, disk_errors, renumber
 from data_prep.sources import (
@@ -69,7 +69,7 @@ PROGRESS_DELAY_S = 3.0  # progress bars appear only for steps that take longer t
 @dataclass(kw_only=True)
 class PrepareConfig(VocabOptions):
     """Options of ``charlm prepare``: the source, the splits, the output (and, inherited from
-    :class:`~charlm.vocab.VocabOptions`, how the vocabulary is built). The defaults here are
+    :class:`~charlm.text.VocabOptions`, how the vocabulary is built). The defaults here are
     the only ones: the command line reads them from this class."""
 
     output_dir: str | None = field(default=None, metadata={"help": "directory to write the prepared corpus to"})
@@ -302,7 +302,7 @@ def prepare_words(
     splits: SplitSources, options: VocabOptions, directory: Path, workers: int | None = None
 ) -> tuple[Vocabulary, dict]:
     """Word mode, in one read of the text. Pass 1 tokenizes every split, stores each word's
-    provisional id (see :class:`~charlm.vocab.WordCounter`; :mod:`data_prep.words` for the
+    provisional id (see :class:`~charlm.text.WordCounter`; :mod:`data_prep.words` for the
     worker processes of a large corpus) in the split's array and counts the training words;
     pass 2 builds the vocabulary from the counts and renumbers the arrays in place. Returns the
     vocabulary and the statistics of each split."""

@@ -23,7 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, error_reason
 
 # Split names of datasets -> charlm's names. Other splits (e.g. "unsupervised") are ignored.
 SPLIT_ALIASES = {
@@ -236,7 +236,7 @@ class DatasetSplit:
         except CharlmError:
             raise
         except Exception as err:  # a streamed file can turn out unreadable only now
-            raise CharlmError(f"could not read {self.name} ({_first_line(err)}); check the data files") from None
+            raise CharlmError(f"could not read {self.name} ({error_reason(err)}); check the data files") from None
 
     def _check_column(self, columns: list[str]) -> None:
         if self.text_column not in columns:
@@ -310,14 +310,9 @@ def _open_dataset(datasets, name: str, config: str | None):
         raise
     except Exception as err:  # datasets raises many kinds: missing hub name, no network, bad file
         raise CharlmError(
-            f"could not load dataset {name!r} ({_first_line(err)}); give a local directory or "
+            f"could not load dataset {name!r} ({error_reason(err)}); give a local directory or "
             "data file, or a hub name with an internet connection"
         ) from None
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 # ---------------------------------------------------------------------------------------------

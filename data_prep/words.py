@@ -4,7 +4,7 @@ Looking words up in a dictionary of a few hundred thousand entries is what takes
 (cache misses on the rare words), so once a corpus turns out large (after
 :data:`IN_PROCESS_BATCHES` batches) the batches are dealt round-robin to one worker process per
 CPU. Each worker numbers the words it meets in its own order with its own
-:class:`~charlm.vocab.WordCounter`; at the end their words and training counts are merged into
+:class:`~charlm.text.WordCounter`; at the end their words and training counts are merged into
 the main process's counter. The result is the same whatever the number of workers: the final
 ids depend only on the counts. :class:`WordNumbering` remembers which numbering wrote each
 stretch of each split, so that pass 2 renumbers every stretch with its own table.
@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from charlm.vocab import VocabOptions, Vocabulary, WordCounter
+from charlm.text import VocabOptions, Vocabulary, WordCounter
 
 IN_PROCESS_BATCHES = 32  # batches (about 32 MB of text) numbered here before workers start
 BATCHES_IN_FLIGHT = 2  # per worker: one being numbered, one waiting

@@ -31,7 +31,7 @@ from charlm.checkpoint import export_model
 from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.model import CharLM
-from charlm.vocab import NUM_RESERVED_CHARS, SPECIAL_WORDS, UNK_CHAR
+from charlm.text import NUM_RESERVED_CHARS, SPECIAL_WORDS, UNK_CHAR
 from data_prep.prepare import PrepareConfig, prepare_corpus
 
 TINY_TRAIN = [

@@ -144,7 +144,7 @@ def test_contextual_features_are_the_core_outputs_per_layer(trained, loaded, tmp
     import numpy as np
 
     from charlm.embed import contextual_vectors
-    from charlm.evaluate import read_text_lines, text_file_ids
+    from charlm.inputs import read_text_lines, text_file_ids
 
     model, vocab = loaded
     lines = read_text_lines(trained.text_file)

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from helpers_model import assert_one_line_error, loaded, run_cli, trained  # noqa: F401  (fixtures)
 
-from charlm.evaluate import perplexity, text_file_ids
+from charlm.evaluate import perplexity
+from charlm.inputs import text_file_ids
 from charlm.scoring import score_columns, score_stream
 
 REPO = Path(__file__).resolve().parents[1]

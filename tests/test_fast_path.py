@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from test_model import random_spellings, tiny_config
 
-from charlm.benchmark import PlainCharLM, plain_model_copy, plain_stream_score
 from charlm.model import CharLM
+from charlm.plain_model import PlainCharLM, plain_model_copy, plain_stream_score
 from charlm.scoring import score_stream
 
 

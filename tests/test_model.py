@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from charlm.config import ModelConfig, load_config, shipped_configs
 from charlm.model import CharLM
 from charlm.nn import CharCNN, Dropout, Highway
-from charlm.vocab import PAD_CHAR
+from charlm.text import PAD_CHAR
 
 
 def tiny_config(**changes) -> ModelConfig:

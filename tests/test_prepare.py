@@ -13,7 +13,7 @@ import pytest
 from charlm.cli import main
 from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
-from charlm.vocab import NUM_RESERVED_CHARS, VocabOptions
+from charlm.text import NUM_RESERVED_CHARS, VocabOptions
 from data_prep.prepare import PrepareConfig, prepare_corpus
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,16 +25,8 @@ import data_prep.words
 from charlm.cli import main
 from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
-from charlm.vocab import (
-    EOS_WORD,
-    VocabOptions,
-    Vocabulary,
-    _WordTokenizer,
-    lines_text,
-    normalize_text,
-    split_words,
-    text_windows,
-)
+from charlm.text import EOS_WORD, VocabOptions, Vocabulary, lines_text, normalize_text, split_words, text_windows
+from charlm.text.backends import WordTokenizer
 from data_prep.prepare import PrepareConfig, prepare_corpus
 from data_prep.sources import Carving
 from data_prep.synthetic import make_synthetic_corpus
@@ -314,7 +306,7 @@ def test_block_and_window_sizes_change_nothing(sources, tmp_path: Path, monkeypa
     """Blocks of 4 KiB and windows of 64 characters cut lines and batches everywhere: same files."""
     source, options, files, _ = PINNED["tricky-punctuation-lowercase"]
     monkeypatch.setattr(data_prep.sources, "BLOCK_BYTES", 4096)
-    monkeypatch.setattr("charlm.vocab.WINDOW_CHARS", 64)
+    monkeypatch.setattr("charlm.text.backends.WINDOW_CHARS", 64)
     prepare(tmp_path / "small-steps", **sources[source], **options)
     assert digests(tmp_path / "small-steps") == files
 
@@ -365,7 +357,7 @@ texts = st.lists(st.sampled_from(TRICKY_PIECES), max_size=40).map("".join)
 def test_split_words_is_the_word_tokenizer(text, pre_tokenizer):
     """split_words (Python's str.split in the common case) finds exactly the words of the
     tokenizers-library tokenizer that the corpus keeps as tokenizer.json."""
-    tokenizer = _WordTokenizer(_WordTokenizer.build({"<unk>": 0, "<eos>": 1}, pre_tokenizer), pre_tokenizer)
+    tokenizer = WordTokenizer(WordTokenizer.build({"<unk>": 0, "<eos>": 1}, pre_tokenizer), pre_tokenizer)
     assert split_words(text, pre_tokenizer) == tokenizer.tokenize(text)
 
 
@@ -380,7 +372,7 @@ def test_split_words_is_the_word_tokenizer(text, pre_tokenizer):
 def test_lines_as_one_text_cut_anywhere_tokenize_like_each_line(lines, lowercase, add_eos, pre_tokenizer, window):
     """Normalising and tokenizing the joined lines, window by window, equals doing it line by
     line and appending <eos> (what charlm prepare did before streaming)."""
-    tokenizer = _WordTokenizer(_WordTokenizer.build({"<unk>": 0, "<eos>": 1}, pre_tokenizer), pre_tokenizer)
+    tokenizer = WordTokenizer(WordTokenizer.build({"<unk>": 0, "<eos>": 1}, pre_tokenizer), pre_tokenizer)
     expected = []
     for line in lines:
         expected += tokenizer.tokenize(normalize_text(line, lowercase)) + ([EOS_WORD] if add_eos else [])
@@ -687,7 +679,7 @@ def test_sentencepiece_trains_on_a_seeded_sample(tmp_path: Path, monkeypatch):
     train = synthetic(tmp_path / "train.txt", tokens=40_000, vocab_size=3000)
     options = dict(train_file=str(train), tokenizer="sentencepiece", vocab_size=300)
     prepare(tmp_path / "all", **options)
-    monkeypatch.setattr("charlm.vocab.SENTENCEPIECE_SAMPLE_SENTENCES", 200)
+    monkeypatch.setattr("charlm.text.backends.SENTENCEPIECE_SAMPLE_SENTENCES", 200)
     prepare(tmp_path / "sample-1", **options)
     prepare(tmp_path / "sample-2", **options)
     words = {name: load_corpus(tmp_path / name)[0].words for name in ("all", "sample-1", "sample-2")}

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 import charlm.checkpoint
 import charlm.state
 import charlm.train
+import charlm.train.trainer
 from charlm.checkpoint import export_model, load_model, recover_export
 from charlm.cli import main
 from charlm.config import CONFIG_DIR
@@ -189,7 +190,7 @@ def test_sigint_saves_state_says_how_to_resume_and_resume_equals_uninterrupted(c
 def test_sigterm_stops_after_the_current_update_with_status_143(corpus, tmp_path, monkeypatch, capsys):
     """In-process and deterministic: SIGTERM arrives during update 7; the state of update 7 is saved."""
     calls = {"n": 0}
-    real_loss = charlm.train.sequence_loss
+    real_loss = charlm.train.trainer.sequence_loss
 
     def loss_then_signal(nll):
         calls["n"] += 1
@@ -197,7 +198,7 @@ def test_sigterm_stops_after_the_current_update_with_status_143(corpus, tmp_path
             os.kill(os.getpid(), signal.SIGTERM)
         return real_loss(nll)
 
-    monkeypatch.setattr(charlm.train, "sequence_loss", loss_then_signal)
+    monkeypatch.setattr(charlm.train.trainer, "sequence_loss", loss_then_signal)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     code, _, err = run_cli(capsys, *train_args(corpus, tmp_path / "run"))
     assert code == 128 + signal.SIGTERM
@@ -205,7 +206,7 @@ def test_sigterm_stops_after_the_current_update_with_status_143(corpus, tmp_path
     assert [p.name for p in complete_checkpoints(tmp_path / "run")] == ["step-000000006", "step-000000007"]
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # put back
 
-    monkeypatch.setattr(charlm.train, "sequence_loss", real_loss)
+    monkeypatch.setattr(charlm.train.trainer, "sequence_loss", real_loss)
     assert run_cli(capsys, *train_args(corpus, tmp_path / "run"), "--resume")[0] == 0
     assert run_cli(capsys, *train_args(corpus, tmp_path / "whole"))[0] == 0
     assert_same_weights(
@@ -269,13 +270,13 @@ def all_finite(directory: Path) -> bool:
 def test_nan_loss_names_the_update_and_never_reaches_a_checkpoint(corpus, tmp_path, monkeypatch, capsys):
     """The loss turns NaN at update 5; checks run every 5 updates (log_every) and before each save."""
     calls = {"n": 0}
-    real_loss = charlm.train.sequence_loss
+    real_loss = charlm.train.trainer.sequence_loss
 
     def nan_from_update_5(nll):
         calls["n"] += 1
         return real_loss(nll) * (float("nan") if calls["n"] >= 5 else 1.0)
 
-    monkeypatch.setattr(charlm.train, "sequence_loss", nan_from_update_5)
+    monkeypatch.setattr(charlm.train.trainer, "sequence_loss", nan_from_update_5)
     output_dir = tmp_path / "run"
     code, _, err = run_cli(capsys, *train_args(corpus, output_dir, "train.log_every=50"))
     line = error_line(code, err)

@@ -221,7 +221,7 @@ SITECUSTOMIZE = """
 import os
 if os.environ.get("CHARLM_FAIL_AT") and os.environ.get("RANK") is not None:
     import signal, time
-    import charlm.train as train
+    import charlm.train.trainer as train
     fail_here = os.environ["RANK"] == os.environ["CHARLM_FAIL_RANK"]
     where = os.environ["CHARLM_FAIL_IN"]
     name = "sequence_loss" if where == "train" else "score_stream"

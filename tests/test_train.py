@@ -17,7 +17,8 @@ from charlm.cli import main
 from charlm.config import CONFIG_DIR, TrainConfig, load_config, resolve_config_path, shipped_configs
 from charlm.corpus import TextStream
 from charlm.errors import CharlmError
-from charlm.train import complete_checkpoints, should_decay
+from charlm.state import complete_checkpoints
+from charlm.train import should_decay
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = CONFIG_DIR / "tiny.yaml"

@@ -1,4 +1,4 @@
-"""Unit tests of charlm.vocab: spelling, normalisation, tokenizers, files."""
+"""Unit tests of charlm.text: spelling, normalisation, tokenizers, files."""
 
 from __future__ import annotations
 
@@ -13,19 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from charlm.errors import CharlmError
-from charlm.vocab import (
-    BOW_CHAR,
-    EOS_WORD_CHAR,
-    EOW_CHAR,
-    NUM_RESERVED_CHARS,
-    PAD_CHAR,
-    RESERVED_CHAR_NAMES,
-    UNK_CHAR,
-    UNK_WORD_CHAR,
-    VOCAB_FILE,
-    VocabOptions,
-    Vocabulary,
-)
+from charlm.text import NUM_RESERVED_CHARS, PAD_CHAR, UNK_CHAR, VOCAB_FILE, VocabOptions, Vocabulary
+from charlm.text.specials import BOW_CHAR, EOS_WORD_CHAR, EOW_CHAR, RESERVED_CHAR_NAMES, UNK_WORD_CHAR
 from data_prep.demo import demo_splits
 
 LINES = [

@@ -14,10 +14,12 @@
 | ``char_softmax.py`` | :class:`CharSoftmax`: output embeddings from spellings (Jozefowicz et al. 2016) |
 | ``shards.py`` | :func:`gather_shards`: a table computed in shares by data-parallel processes, with gradients |
 | ``adaptive_softmax.py`` | :class:`AdaptiveSoftmax`: head and tail clusters for large vocabularies (Grave 2017) |
+| ``registry.py`` | :data:`CORES`, :data:`OUTPUTS` and the decorators that fill them |
 | ``fused_softmax.py`` | :func:`linear_cross_entropy`: the softmax loss in one sweep (CPU speed) |
 
-``CORES`` and ``OUTPUTS`` map the names of ``model.core`` and ``model.output`` to the classes; the
-config accepts exactly their keys.
+``CORES`` and ``OUTPUTS`` (``registry.py``) map the names of ``model.core`` and ``model.output`` to
+the classes, which register themselves (``@register_core``, ``@register_output``); the config
+accepts exactly their keys.
 """
 
 from charlm.nn.adaptive_softmax import AdaptiveSoftmax, default_cutoffs, resolve_cutoffs
@@ -29,10 +31,8 @@ from charlm.nn.fused_softmax import linear_cross_entropy
 from charlm.nn.highway import ACTIVATION_FUNCTIONS, Highway
 from charlm.nn.lstm import LSTMCore
 from charlm.nn.output import FullSoftmax, OutputLayer
+from charlm.nn.registry import CORES, OUTPUTS, register_core, register_output
 from charlm.nn.rhn import RHNCore
-
-CORES: dict[str, type[RecurrentCore]] = {"lstm": LSTMCore, "rhn": RHNCore}
-OUTPUTS: dict[str, type[OutputLayer]] = {"full": FullSoftmax, "char": CharSoftmax, "adaptive": AdaptiveSoftmax}
 
 __all__ = [
     "ACTIVATION_FUNCTIONS",
@@ -56,5 +56,7 @@ __all__ = [
     "drop_weights",
     "expand_state",
     "linear_cross_entropy",
+    "register_core",
+    "register_output",
     "resolve_cutoffs",
 ]

@@ -30,6 +30,7 @@ from torch import nn
 from charlm.errors import CharlmError
 from charlm.nn.fused_softmax import linear_cross_entropy
 from charlm.nn.output import OutputLayer
+from charlm.nn.registry import register_output
 
 HEAD_FRACTION = 0.4  # the default head: two fifths of the vocabulary (PTB: 4,000 of 10,000 words)...
 HEAD_SIZE_LIMIT = 20_000  # ...but never more words (Transformer-XL and fairseq on WikiText-103)
@@ -75,6 +76,7 @@ class _Tail(nn.Module):
         return torch.log_softmax(self.decoder(self.projection(hidden)).float(), dim=-1)
 
 
+@register_output("adaptive")
 class AdaptiveSoftmax(OutputLayer):
     """Args:
     hidden_size: size of the core's outputs.
@@ -103,6 +105,12 @@ class AdaptiveSoftmax(OutputLayer):
         sizes = torch.tensor([b - a for a, b in zip(bounds, bounds[1:])], dtype=self.head.bias.dtype)
         with torch.no_grad():
             self.head.bias[self.cutoffs[0] :] += sizes.log()
+
+    @classmethod
+    def flops_per_token(cls, config, input_size: int) -> float:
+        """The head only: the tails' cost depends on how many tokens fall into them."""
+        cutoffs = resolve_cutoffs(config.adaptive_cutoffs, config.vocab_size)
+        return 2 * input_size * (cutoffs[0] + len(cutoffs))
 
     @classmethod
     def from_config(cls, config, model) -> "AdaptiveSoftmax":

@@ -47,6 +47,7 @@ from torch import nn
 from charlm.nn.encoder import SPELLING_BLOCK, CharCNN
 from charlm.nn.fused_softmax import linear_cross_entropy
 from charlm.nn.output import OutputLayer
+from charlm.nn.registry import register_output
 from charlm.nn.shards import gather_shards, my_share, shard_count
 
 
@@ -61,6 +62,7 @@ class _Table(NamedTuple):
     free_bias_mean: torch.Tensor | None  # []
 
 
+@register_output("char")
 class CharSoftmax(OutputLayer):
     """Args:
     hidden_size: size of the core's outputs.

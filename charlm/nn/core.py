@@ -38,6 +38,21 @@ class RecurrentCore(nn.Module):
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 
+    @classmethod
+    def from_config(cls, config, input_size: int) -> "RecurrentCore":
+        """The core a :class:`~charlm.config.ModelConfig` asks for, reading vectors of ``input_size``."""
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls, config) -> str:
+        """A few words for the training summary, e.g. ``LSTM 2x300``."""
+        return f"{config.core} {config.hidden_size}"
+
+    @classmethod
+    def flops_per_token(cls, config, input_size: int) -> float:
+        """Forward multiply-adds x 2 per token (the benchmark's rate of the matrix products)."""
+        raise NotImplementedError
+
     def stages(self) -> list["RecurrentCore"]:
         """Consecutive pieces whose composition is this core (eval mode only)."""
         return [self]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlm.vocab import PAD_CHAR
+from charlm.text import PAD_CHAR
 
 SPELLING_BLOCK = 4096  # words encoded together when a whole vocabulary is encoded
 
@@ -98,7 +98,7 @@ class WordEncoder(nn.Module):
 
     Args:
         spellings: ``[vocab_size, max_word_length]`` character ids of every word (from
-            :meth:`charlm.vocab.Vocabulary.spellings`), for a char-CNN; kept as a buffer.
+            :meth:`charlm.text.Vocabulary.spellings`), for a char-CNN; kept as a buffer.
     """
 
     def __init__(self, char_cnn: CharCNN | None, word_embedding: nn.Embedding | None, spellings: torch.Tensor | None):

@@ -17,8 +17,10 @@ from torch import nn
 
 from charlm.nn.core import RecurrentCore, State
 from charlm.nn.dropout import Dropout, LockedDropout, drop_weights
+from charlm.nn.registry import register_core
 
 
+@register_core("lstm")
 class LSTMCore(RecurrentCore):
     """``num_layers`` stacked LSTM layers of ``hidden_size``; state ``{"h", "c"}`` ``[layers, B, H]``.
 
@@ -60,6 +62,15 @@ class LSTMCore(RecurrentCore):
         self.weight_drop = weight_drop
         # The single fused call is the paper's model; anything else runs layer by layer.
         self.layer_by_layer = locked_dropout or weight_drop > 0.0
+
+    @classmethod
+    def describe(cls, config) -> str:
+        return f"LSTM {config.lstm_layers}x{config.hidden_size}"
+
+    @classmethod
+    def flops_per_token(cls, config, input_size: int) -> float:
+        h = config.hidden_size
+        return sum(2 * 4 * h * ((input_size if i == 0 else h) + h) for i in range(config.lstm_layers))
 
     @classmethod
     def from_config(cls, config, input_size: int) -> "LSTMCore":

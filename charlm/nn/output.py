@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from charlm.nn.fused_softmax import linear_cross_entropy
+from charlm.nn.registry import register_output
 
 
 class OutputLayer(nn.Module):
@@ -33,6 +34,16 @@ class OutputLayer(nn.Module):
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @classmethod
+    def from_config(cls, config, model) -> "OutputLayer":
+        """The output layer a :class:`~charlm.config.ModelConfig` asks for, on top of ``model.core``."""
+        raise NotImplementedError
+
+    @classmethod
+    def flops_per_token(cls, config, input_size: int) -> float:
+        """Forward multiply-adds x 2 per token: every word's logit (subclasses that skip some say so)."""
+        return 2 * input_size * config.vocab_size
+
     def frozen(self) -> contextlib.AbstractContextManager:
         """Within it, per-word parameters computed from other weights are computed once."""
         return contextlib.nullcontext()
@@ -41,6 +52,7 @@ class OutputLayer(nn.Module):
         """Special initialisation after the model drew every weight uniformly."""
 
 
+@register_output("full")
 class FullSoftmax(OutputLayer):
     """``softmax(W h + b)`` over the whole vocabulary (the paper), through the fused layer of
     :mod:`charlm.nn.fused_softmax` for the loss: the ``[N, V]`` logits are never kept."""

@@ -31,6 +31,7 @@ from torch import nn
 
 from charlm.nn.core import RecurrentCore, State
 from charlm.nn.dropout import LockedDropout, keep_mask
+from charlm.nn.registry import register_core
 
 
 def rhn_reference(
@@ -159,6 +160,7 @@ def rhn_scan(
     return RHNScan.apply(projected, s, mask, _autocast_dtype(projected.device.type), *params)
 
 
+@register_core("rhn")
 class RHNCore(RecurrentCore):
     """A recurrent highway network of recurrence depth ``depth``; state ``{"s"}`` ``[B, H]``."""
 
@@ -189,6 +191,16 @@ class RHNCore(RecurrentCore):
         self.input_dropout = LockedDropout(input_dropout)
         self.state_dropout = state_dropout
         self.output_dropout = LockedDropout(output_dropout)
+
+    @classmethod
+    def describe(cls, config) -> str:
+        return f"RHN {config.hidden_size}, depth {config.rhn_depth}"
+
+    @classmethod
+    def flops_per_token(cls, config, input_size: int) -> float:
+        """The input enters the first micro-layer; each micro-layer is an ``[H, 2H]`` product."""
+        h = config.hidden_size
+        return 2 * 2 * h * input_size + config.rhn_depth * 2 * h * 2 * h
 
     @classmethod
     def from_config(cls, config, input_size: int) -> "RHNCore":

@@ -24,8 +24,8 @@ from charlm.checkpoint import load_model
 from charlm.corpus import TextStream, load_corpus
 from charlm.errors import CharlmError
 from charlm.nn import detach_state
+from charlm.text import PAD_CHAR
 from charlm.train import sequence_loss
-from charlm.vocab import PAD_CHAR
 
 
 def main() -> int:
