@@ -8,6 +8,13 @@
 #      and the forward+backward time of both for ptb-char-small-rhn-depth4's core (20 x 35, bf16);
 #      then that config's tokens/s through `charlm train` (the RHN is launch-bound on a GPU).
 # The order puts the correctness checks first: a call cut short loses only timings.
+#
+# Long runs for a GPU lent with more time than this check (not started by this script; about 48 min
+# and 70 min on an H200 at the rates of results/gpu-2026-12-04/), each then scored once on test:
+#   charlm train --config ptb-char-large-rhn-asgd --data-dir DATA --output-dir runs/large-rhn-asgd \
+#       train.mixed_precision=bf16 train.checkpoint_every_steps=400            # Char-Large budget, RHN
+#   charlm train --config ptb-char-small-rhn-char-output --data-dir DATA --output-dir runs/rhn-char-output \
+#       train.mixed_precision=bf16 train.checkpoint_every_steps=400            # Char-Small budget, char output
 # Everything goes to OUT_DIR (summary.txt, the JSON of each step, the run folders).
 #
 #   bash scripts/gpu_check.sh DATA_DIR OUT_DIR      # DATA_DIR: PTB prepared by `charlm prepare`

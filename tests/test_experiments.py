@@ -243,3 +243,22 @@ def test_char_output_offset_script_shows_float32_ignores_a_common_offset(trained
     assert [line.split(":")[0] for line in lines[:2]] == ["update 2", "update 4"]
     float32 = [float(re.search(r"float32 ([\d.]+)", line).group(1)) for line in lines[2:]]
     assert len(float32) == 4 and max(float32) - min(float32) < 0.05 * min(float32)  # the offset changes no probability
+
+
+def test_plain_word_lstm_learns_and_writes_charlm_records(trained, tmp_path):
+    """The own-corpus peer: per-epoch records in charlm's format, better than uniform, a test score."""
+    import json
+
+    script = SCRIPT.with_name("plain_word_lstm.py")
+    out = tmp_path / "plain"
+    argv = ["--data-dir", str(trained.data_dir), "--output-dir", str(out), "--epochs", "2", "--size", "16"]
+    subprocess.run([sys.executable, str(script), *argv, "--batch-size", "4", "--seq-len", "8"], check=True)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert {"lr", "train_ppl", "valid_ppl", "tokens_per_sec", "seconds"} <= set(records[0])
+    from charlm.corpus import load_corpus
+
+    vocab_size = len(load_corpus(trained.data_dir)[0])
+    test = json.loads((out / "test.json").read_text())
+    assert test["split"] == "test" and 1.0 < test["perplexity"] < vocab_size  # it learned something
+    assert records[1]["train_ppl"] < vocab_size and math.isfinite(records[1]["valid_ppl"])
