@@ -333,3 +333,14 @@ def test_command_benchmark_times_the_updates_of_each_command(corpus, tmp_path):
     for result in (one, two):
         assert result["tokens_per_sec"] == pytest.approx(result["tokens"] / result["seconds"], rel=0.01)
     assert one["threads"] == [CORES] and two["threads"] == [max(1, CORES // 2)] * 2
+
+
+def test_the_commit_is_read_once_per_process(monkeypatch):
+    """A run records the commit of the code it loaded, even if the checkout moves on meanwhile."""
+    import subprocess
+
+    from charlm.runtime import source_commit
+
+    first = source_commit()
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("git asked again")))
+    assert source_commit() == first

@@ -7,6 +7,7 @@ trained parameter count, its epochs, seed, precision, device and commit.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,13 @@ from charlm.runtime.precision import device_name
 PACKAGE_DIR = Path(charlm.__file__).resolve().parent
 
 
+@functools.cache
 def source_commit() -> str | None:
     """The git commit of the charlm source that is running, with ``-dirty`` when tracked files
-    differ from it; None for an installed wheel (no git checkout around the package)."""
+    differ from it; None for an installed wheel (no git checkout around the package).
+
+    Read once per process, on the first call (training calls it at its start): a checkout that
+    moves on while a long run goes must not relabel the code the run loaded."""
 
     def git(*args: str) -> str:
         return subprocess.run(

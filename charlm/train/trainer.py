@@ -21,7 +21,7 @@ from charlm.errors import CharlmError
 from charlm.io import save_json
 from charlm.model import CharLM, describe_model
 from charlm.nn import detach_state
-from charlm.runtime import choose_precision, configure_threads, run_record
+from charlm.runtime import choose_precision, configure_threads, run_record, source_commit
 from charlm.scoring import safe_exp, score_stream
 from charlm.state import (
     BEST_DIR,
@@ -64,6 +64,7 @@ class Run:
     ):
         tc = self.tc = config.train
         self.output_dir, self.resume, self.config_name = Path(output_dir), resume, config_name
+        source_commit()  # read now (then cached): the commit of the code this process loaded
         # The process group, as Accelerator below would make it (and then reuses); it may set threads.
         processes = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
         self.threads = configure_threads(tc.num_threads)  # whatever OMP_NUM_THREADS the launcher set
