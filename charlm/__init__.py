@@ -6,7 +6,7 @@
 Both are :mod:`charlm.hub`'s, imported on first use so that ``import charlm`` stays light.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _HUB_FUNCTIONS = ("from_pretrained", "save_pretrained")
 

@@ -77,13 +77,13 @@ def flops_per_token(c: ModelConfig) -> float:
     cnn = sum(2 * c.char_embed_dim * w * n * (L - w + 1) for w, n in zip(c.kernel_widths, c.num_filters))
     d, h = c.input_size, c.hidden_size
     highway = c.highway_layers * 2 * d * 2 * d
-    core = CORES[c.core].flops_per_token(c, d)
-    return cnn + highway + core + OUTPUTS[c.output].flops_per_token(c, h)
+    core = CORES[c.core.name].flops_per_token(c, d)
+    return cnn + highway + core + OUTPUTS[c.output.name].flops_per_token(c, h)
 
 
 def has_plain_twin(c: ModelConfig) -> bool:
     """Whether :class:`PlainCharLM` implements this config (the paper's model: char input, LSTM, full softmax)."""
-    return c.input == "char" and c.core == "lstm" and c.output == "full" and c.highway in ("highway", "none")
+    return c.input == "char" and c.core.name == "lstm" and c.output.name == "full" and c.highway in ("highway", "none")
 
 
 def matmul_rate(dtype: torch.dtype, m=700, k=300, n=10000, repeats=10) -> float:
@@ -183,8 +183,8 @@ def benchmark_config(name: str, vocab, splits, args) -> dict:
         "config": name,
         "parameters": charlm_model.num_parameters(),
         "flops_per_token_fwd": flops_per_token(config),
-        "core": config.core,
-        "output": config.output,
+        "core": config.core.name,
+        "output": config.output.name,
     }
     train_tok_s = {k: tokens / statistics.median(v) for k, v in samples.items()}
     result["train_tokens_per_sec"] = {k: round(v) for k, v in train_tok_s.items()}

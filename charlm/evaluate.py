@@ -132,7 +132,7 @@ def oov_by_spelling(
     if not isinstance(model.output, CharSoftmax):
         raise CharlmError(
             f"--oov-by-spelling needs a model with a spelling-based output layer (model.output: char); "
-            f"this one has model.output: {model.config.output}"
+            f"this one has model.output: {model.config.output.name}"
         )
     eos = [vocab.words[vocab.eos_id]] if vocab.add_eos else []
     tokens = [token for line in lines for token in (*vocab.tokenize(line), *eos)]

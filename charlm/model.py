@@ -63,8 +63,8 @@ class CharLM(nn.Module):
         self.highway = Highway(
             config.input_size, num_highway, config.highway, config.highway_activation, config.highway_gate_bias
         )
-        self.core = CORES[config.core].from_config(config, config.input_size)
-        self.output = OUTPUTS[config.output].from_config(config, self)
+        self.core = CORES[config.core.name].from_config(config, config.input_size)
+        self.output = OUTPUTS[config.output.name].from_config(config, self)
         self.reset_parameters()
 
     @property
@@ -168,8 +168,8 @@ class CharLM(nn.Module):
 def describe_model(config: ModelConfig) -> str:
     """One line: input, highway, core and output, e.g. for the training summary."""
     highway = "no highway" if config.highway == "none" else f"{config.highway_layers} {config.highway}"
-    core = CORES[config.core].describe(config)
-    return f"{config.input} input, {highway}, {core}, {config.output} softmax"
+    core = CORES[config.core.name].describe(config)
+    return f"{config.input} input, {highway}, {core}, {config.output.name} softmax"
 
 
 # State-dict names of models exported before the model was split into parts.

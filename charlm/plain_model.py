@@ -26,7 +26,7 @@ class PlainCharLM(nn.Module):
         d = sum(c.num_filters)
         self.transforms = nn.ModuleList(nn.Linear(d, d) for _ in range(c.highway_layers))
         self.gates = nn.ModuleList(nn.Linear(d, d) for _ in range(c.highway_layers))
-        self.lstm = nn.LSTM(d, c.hidden_size, c.lstm_layers, dropout=c.dropout, batch_first=True)
+        self.lstm = nn.LSTM(d, c.hidden_size, c.core.layers, dropout=c.dropout, batch_first=True)
         self.dropout = nn.Dropout(c.dropout)
         self.decoder = nn.Linear(c.hidden_size, c.vocab_size)
         for p in self.parameters():

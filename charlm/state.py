@@ -34,7 +34,7 @@ from accelerate.utils.constants import OPTIMIZER_NAME, RNG_STATE_NAME, SAFE_WEIG
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from charlm.config import ModelConfig, TrainConfig, config_from_dict
+from charlm.config import ModelConfig, TrainConfig, config_from_dict, flat_items
 from charlm.errors import CharlmError, error_reason
 from charlm.io import atomic_write_text, save_json
 
@@ -234,12 +234,13 @@ def check_same_model(run_config: Path, model: ModelConfig) -> None:
         saved = config_from_dict(json.loads(run_config.read_text(encoding="utf-8"))).model
     except (OSError, ValueError, CharlmError):
         return  # no readable record of the old config: the state's own checks still apply
-    differ = [f.name for f in dataclasses.fields(ModelConfig) if getattr(saved, f.name) != getattr(model, f.name)]
+    saved_items, asked = flat_items(dataclasses.asdict(saved)), flat_items(dataclasses.asdict(model))
+    differ = [key for key in {**saved_items, **asked} if saved_items.get(key) != asked.get(key)]
     if differ:
         name = differ[0]
         raise CharlmError(
             f"cannot resume: the run in {run_config.parent} was trained with "
-            f"model.{name}={getattr(saved, name)!r}, this command asks for {getattr(model, name)!r}"
+            f"model.{name}={saved_items.get(name)!r}, this command asks for {asked.get(name)!r}"
             + (f" ({len(differ) - 1} more field(s) differ)" if len(differ) > 1 else "")
             + f"; resume with the run's own config (--config {run_config}) or start a new --output-dir"
         )

@@ -150,7 +150,7 @@ def test_contextual_features_are_the_core_outputs_per_layer(trained, loaded, tmp
     lines = read_text_lines(trained.text_file)
     tokens, features = contextual_vectors(model, vocab, lines, chunk_len=7)
     ids = text_file_ids(vocab, trained.text_file)
-    assert len(tokens) == len(ids) and features.shape == (len(ids), model.config.lstm_layers, model.config.hidden_size)
+    assert len(tokens) == len(ids) and features.shape == (len(ids), model.config.core.layers, model.config.hidden_size)
     # the same stream through the model as scoring runs it (inputs: <eos>, then the tokens but the last)
     inputs = torch.tensor([[vocab.eos_id, *ids.tolist()]])
     with torch.inference_mode():

@@ -16,6 +16,7 @@ from helpers_model import assert_one_line_error, loaded, run_cli, trained  # noq
 
 from charlm.evaluate import perplexity
 from charlm.inputs import text_file_ids
+from charlm.nn import CharOutputOptions
 from charlm.scoring import score_columns, score_stream
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +56,7 @@ def test_pipelined_scoring_equals_sequential_scoring(layers):
     """Layers and softmax of consecutive chunks on a thread pool: the same log-probabilities."""
     from charlm.config import ModelConfig
     from charlm.model import CharLM
+    from charlm.nn import LSTMOptions
 
     torch.manual_seed(0)
     config = ModelConfig(
@@ -64,7 +66,7 @@ def test_pipelined_scoring_equals_sequential_scoring(layers):
         kernel_widths=[1, 2],
         num_filters=[8, 16],
         hidden_size=32,
-        lstm_layers=layers,
+        core=LSTMOptions(layers=layers),
     )
     model = CharLM(config, torch.randint(4, 30, (300, 7))).train()
     ids = np.random.default_rng(0).integers(0, 300, 1000)
@@ -81,6 +83,7 @@ def test_pipelined_scoring_equals_sequential_scoring(layers):
 def _random_model(layers=2):
     from charlm.config import ModelConfig
     from charlm.model import CharLM
+    from charlm.nn import LSTMOptions
 
     torch.manual_seed(0)
     config = ModelConfig(
@@ -90,7 +93,7 @@ def _random_model(layers=2):
         kernel_widths=[1, 2],
         num_filters=[8, 16],
         hidden_size=32,
-        lstm_layers=layers,
+        core=LSTMOptions(layers=layers),
     )
     return CharLM(config, torch.randint(4, 30, (300, 7)))
 
@@ -343,9 +346,7 @@ def test_oov_words_scored_by_spelling_are_reported_apart(trained, tmp_path, caps
 
     vocab = load_corpus(trained.data_dir)[0]
     torch.manual_seed(0)
-    config = dataclasses.replace(
-        tiny_config(vocab), output="char", output_num_filters=[4, 4, 4], output_correction_dim=4
-    )
+    config = dataclasses.replace(tiny_config(vocab), output=CharOutputOptions(num_filters=[4, 4, 4], correction_dim=4))
     export_model(CharLM(config, vocab.spellings()), vocab, tmp_path / "char-output")
     common = ["perplexity", "--checkpoint", tmp_path / "char-output", "--text-file", trained.text_file, "--json"]
     code, plain, _ = run_cli(capsys, *common)

@@ -14,7 +14,7 @@ from torch import nn
 
 TINY_CHAR_OUTPUT = [
     "model.output=char",
-    "model.output_num_filters=[4,4,4]",
+    "model.output.num_filters=[4,4,4]",
     "model.kernel_widths=[1,2,3]",
     "model.num_filters=[8,8,8]",
     "model.hidden_size=16",

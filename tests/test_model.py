@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from charlm.config import ModelConfig, load_config, shipped_configs
 from charlm.model import CharLM
-from charlm.nn import CharCNN, Dropout, Highway
+from charlm.nn import CharCNN, Dropout, Highway, LSTMOptions
 from charlm.text import PAD_CHAR
 
 
@@ -22,7 +22,7 @@ def tiny_config(**changes) -> ModelConfig:
         num_filters=[3, 4, 5],
         highway="highway",
         highway_layers=2,
-        lstm_layers=2,
+        core=LSTMOptions(layers=2),
         hidden_size=16,
         dropout=0.0,
         vocab_size=30,
@@ -201,7 +201,7 @@ def test_single_lstm_bias_per_gate_stays_zero_and_keeps_the_rest_of_the_initiali
     torch.manual_seed(0)
     two = CharLM(tiny_config(), random_spellings())
     torch.manual_seed(0)
-    one = CharLM(tiny_config(lstm_recurrent_bias=False), random_spellings())
+    one = CharLM(tiny_config(core=LSTMOptions(recurrent_bias=False)), random_spellings())
     recurrent = {f"core.lstm.bias_hh_l{k}" for k in range(2)}
     for (name, p), (_, q) in zip(two.named_parameters(), one.named_parameters()):
         if name in recurrent:

@@ -18,9 +18,15 @@ from charlm.scoring import score_stream
 COMBINATIONS = [(core, output) for core in CORES for output in OUTPUTS]
 
 
-def part_config(core: str, output: str, **changes):
-    extra = {"output_num_filters": [10, 10, 10], "output_correction_dim": 8} if output == "char" else {}
-    return tiny_config(core=core, output=output, rhn_depth=2, **{**extra, **changes})
+def part_config(core: str, output: str, core_options=None, output_options=None, **changes):
+    """A tiny model with that core and output; ``*_options`` change the part's own options."""
+    core_defaults = {"depth": 2} if core == "rhn" else {}
+    output_defaults = {"num_filters": [10, 10, 10], "correction_dim": 8} if output == "char" else {}
+    return tiny_config(
+        core=CORES[core].Options(**{**core_defaults, **(core_options or {})}),
+        output=OUTPUTS[output].Options(**{**output_defaults, **(output_options or {})}),
+        **changes,
+    )
 
 
 def sigmoid(x: float) -> float:
@@ -55,7 +61,7 @@ def test_rhn_step_of_depth_two_matches_hand_computation():
 
 def test_rhn_transform_gate_bias_at_initialisation():
     torch.manual_seed(0)
-    model = CharLM(part_config("rhn", "full", rhn_gate_bias=-3.0, init_range=0.05), random_spellings())
+    model = CharLM(part_config("rhn", "full", {"gate_bias": -3.0}, init_range=0.05), random_spellings())
     h = model.config.hidden_size
     for layer in model.core.recurrent:
         assert layer.bias[h:].min() >= -3.05 and layer.bias[h:].max() <= -2.95  # the transform gate
@@ -282,7 +288,7 @@ def test_char_output_scores_any_spelling_like_a_vocabulary_word():
     the per-word correction and free bias it is exactly that word's logit."""
     torch.manual_seed(0)
     model = CharLM(
-        part_config("lstm", "char", output_correction_dim=0, output_word_bias=False), random_spellings()
+        part_config("lstm", "char", output_options={"correction_dim": 0, "word_bias": False}), random_spellings()
     ).eval()
     output: CharSoftmax = model.output
     hidden = torch.randn(4, model.config.hidden_size)
@@ -300,7 +306,7 @@ def test_char_output_table_is_centred_and_gives_the_uncentred_distribution():
     away the differences between words), and its log-probabilities are those of the plain
     formula ``[e_w; b_w] = P f(spelling_w) + Q c_w (+ a_w)``, offset included."""
     torch.manual_seed(0)
-    model = CharLM(part_config("lstm", "char", output_correction_dim=4), random_spellings()).eval()
+    model = CharLM(part_config("lstm", "char", output_options={"correction_dim": 4}), random_spellings()).eval()
     output: CharSoftmax = model.output
     with torch.no_grad():
         output.word_bias.uniform_(-3, 3)
@@ -320,7 +326,7 @@ def test_char_output_table_is_centred_and_gives_the_uncentred_distribution():
 
 def test_char_output_free_bias_of_an_unseen_spelling_is_that_of_the_rarest_words():
     torch.manual_seed(0)
-    model = CharLM(part_config("lstm", "char", output_correction_dim=0), random_spellings()).eval()
+    model = CharLM(part_config("lstm", "char", output_options={"correction_dim": 0}), random_spellings()).eval()
     output: CharSoftmax = model.output
     hidden, words = torch.randn(4, model.config.hidden_size), torch.tensor([0, 5, 9, 29])
     weight, bias = output.word_table()
@@ -331,7 +337,7 @@ def test_char_output_free_bias_of_an_unseen_spelling_is_that_of_the_rarest_words
 
 def test_shared_encoder_output_uses_the_input_weights():
     torch.manual_seed(0)
-    model = CharLM(part_config("lstm", "char", output_share_encoder=True), random_spellings())
+    model = CharLM(part_config("lstm", "char", output_options={"share_encoder": True}), random_spellings())
     assert model.output.char_cnn is None
     names = [n for n, _ in model.named_parameters()]
     assert not any(n.startswith("output.") and "char_cnn" in n for n in names)
@@ -405,8 +411,8 @@ def test_adaptive_softmax_rejects_cutoffs_outside_the_vocabulary():
     from charlm.errors import CharlmError
 
     for cutoffs in ([30], [10, 5], [0, 10]):
-        with pytest.raises(CharlmError, match="adaptive_cutoffs"):
-            CharLM(part_config("lstm", "adaptive", adaptive_cutoffs=cutoffs), random_spellings())
+        with pytest.raises(CharlmError, match="model.output.cutoffs"):
+            CharLM(part_config("lstm", "adaptive", output_options={"cutoffs": cutoffs}), random_spellings())
 
 
 def test_char_output_encoder_starts_with_features_that_tell_words_apart():

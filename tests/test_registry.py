@@ -1,10 +1,12 @@
-"""A new recurrent core is one piece of code that registers itself: here a toy GRU core, defined in
-this file alone, is trained by `charlm train`, exported, loaded back and scored, and the training
-summary and the benchmark describe it from the class itself."""
+"""A new recurrent core is one piece of code that registers itself with its options: here a toy GRU
+core and its options (``model.core: {name: toy-gru, layers: 2}``), defined in this file alone, are
+trained by `charlm train`, exported, loaded back and scored, and the training summary and the
+benchmark describe it from the class itself."""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -15,40 +17,48 @@ from torch import nn
 from charlm.benchmark import flops_per_token
 from charlm.checkpoint import load_model
 from charlm.cli import main
-from charlm.config import CONFIG_DIR, load_config
+from charlm.config import CONFIG_DIR, PartOptions, load_config
 from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.evaluate import perplexity
 from charlm.model import describe_model
-from charlm.nn import CORES, RecurrentCore, State, register_core
+from charlm.nn import CORES, LSTMOptions, RecurrentCore, State, register_core
 
 
-@register_core("toy-gru")
+@dataclass
+class ToyGRUOptions(PartOptions):
+    name: str = "toy-gru"
+    layers: int = 1
+    """Stacked GRU layers."""
+
+
+@register_core("toy-gru", ToyGRUOptions)
 class ToyGRUCore(RecurrentCore):
-    """One GRU layer, its size ``model.hidden_size``, dropout ``model.dropout`` on its output."""
+    """``model.core.layers`` GRU layers of ``model.hidden_size``, dropout ``model.dropout`` on the output."""
 
     state_batch_dims = {"h": 1}
 
-    def __init__(self, input_size: int, hidden_size: int, dropout: float):
+    def __init__(self, input_size: int, hidden_size: int, layers: int, dropout: float):
         super().__init__()
-        self.input_size, self.output_size = input_size, hidden_size
-        self.gru = nn.GRU(input_size, hidden_size, batch_first=True)
+        self.input_size, self.output_size, self.layers = input_size, hidden_size, layers
+        self.gru = nn.GRU(input_size, hidden_size, layers, batch_first=True)
         self.drop = nn.Dropout(dropout)
 
     @classmethod
     def from_config(cls, config, input_size: int) -> "ToyGRUCore":
-        return cls(input_size, config.hidden_size, config.dropout)
+        return cls(input_size, config.hidden_size, config.core.layers, config.dropout)
 
     @classmethod
     def describe(cls, config) -> str:
-        return f"toy GRU {config.hidden_size}"
+        return f"toy GRU {config.core.layers}x{config.hidden_size}"
 
     @classmethod
     def flops_per_token(cls, config, input_size: int) -> float:
-        return 2 * 3 * config.hidden_size * (input_size + config.hidden_size)
+        h = config.hidden_size
+        return sum(2 * 3 * h * ((input_size if i == 0 else h) + h) for i in range(config.core.layers))
 
     def initial_state(self, batch_size: int) -> State:
-        return {"h": self._zeros(1, batch_size, self.output_size)}
+        return {"h": self._zeros(self.layers, batch_size, self.output_size)}
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         y, h = self.gru(x, state["h"].to(x.dtype))
@@ -57,6 +67,7 @@ class ToyGRUCore(RecurrentCore):
 
 TOY = [
     "model.core=toy-gru",
+    "model.core.layers=2",
     "model.kernel_widths=[1,2,3]",
     "model.num_filters=[8,8,8]",
     "model.hidden_size=24",
@@ -77,17 +88,17 @@ def test_a_core_defined_in_a_test_trains_exports_loads_and_scores(corpus, tmp_pa
     tiny = str(CONFIG_DIR / "tiny.yaml")
     code = main(["train", "--config", tiny, "--data-dir", str(corpus), "--output-dir", str(run), *TOY])
     assert code == 0
-    assert "toy GRU 24" in capsys.readouterr().out  # the summary line asks the class
+    assert "toy GRU 2x24" in capsys.readouterr().out  # the summary line asks the class
 
     model, vocab = load_model(run / "best")
-    assert isinstance(model.core, ToyGRUCore) and model.config.core == "toy-gru"
+    assert isinstance(model.core, ToyGRUCore) and model.config.core == ToyGRUOptions(layers=2)
     _, splits, _ = load_corpus(corpus)
     result = perplexity(model, vocab, np.asarray(splits["test"]))
     assert 1.0 < result["perplexity"] < len(vocab)  # trained: better than uniform over the words
 
     config = model.config
-    assert describe_model(config).startswith("char input, 1 highway, toy GRU 24")
-    lstm = dataclasses.replace(config, core="lstm", lstm_layers=1)
+    assert describe_model(config).startswith("char input, 1 highway, toy GRU 2x24")
+    lstm = dataclasses.replace(config, core=LSTMOptions(layers=1))
     core_difference = ToyGRUCore.flops_per_token(config, config.input_size) - CORES["lstm"].flops_per_token(
         lstm, config.input_size
     )

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from charlm.config.schema import CONFIG_DIR, ModelConfig, RunConfig, TrainConfig
+from charlm.config.legacy import FLAT_KEYS, part_values, upgrade_model_values
+from charlm.config.schema import CONFIG_DIR, ModelConfig, PartOptions, RunConfig, TrainConfig, part_options
 from charlm.errors import CharlmError, error_reason
 
 
@@ -68,10 +69,15 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            part = f" of {prefix[6:-1]} {values.get('name')!r}" if issubclass(cls, PartOptions) else ""
             raise CharlmError(
-                f"unknown config key {dotted!r}{hint}; valid keys: {', '.join(prefix + k for k in known)}"
+                f"unknown config key {dotted!r}{part}{hint}; valid keys: {', '.join(prefix + k for k in known)}"
             )
-        if dataclasses.is_dataclass(hints[key]):
+        if hints[key] is PartOptions:  # model.core, model.output: the named part's own options
+            value = part_values(value, key)
+            options_class = type(part_options(key, value["name"]))
+            kwargs[key] = _build(options_class, value, f"{dotted}.")
+        elif dataclasses.is_dataclass(hints[key]):
             kwargs[key] = _build(hints[key], value, f"{dotted}.")
         else:
             kwargs[key] = _coerce(dotted, value, hints[key])
@@ -79,7 +85,21 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
 
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
-    return _build(RunConfig, values or {}, "")
+    values = dict(values or {})
+    if "model" in values:
+        values["model"] = upgrade_model_values(values["model"])
+    return _build(RunConfig, values, "")
+
+
+def flat_items(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config mapping as ``{"model.core.depth": 4, ...}`` (trackers, comparisons)."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flat_items(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _parse_value(text: str) -> Any:
@@ -104,8 +124,19 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
                 if parts[0] in {f.name for f in fields(cls)}
             ]
             parts = [sections[0] if len(sections) == 1 else "?", parts[0]]
+        if len(parts) == 2 and parts[0] == "model" and parts[1] in FLAT_KEYS:  # charlm 0.1: model.rhn_depth
+            kind, _, option = FLAT_KEYS[parts[1]]
+            parts = ["model", kind, option]
+        if len(parts) == 3 and parts[:2] in (["model", "core"], ["model", "output"]):
+            part = values.setdefault("model", {})
+            part[parts[1]] = part_values(part.get(parts[1]), parts[1])
+            part[parts[1]][parts[2]] = _parse_value(raw)  # model.core.depth=4
+            continue
         if len(parts) != 2:
-            raise CharlmError(f"override key {key!r} must be section.key, e.g. model.dropout or train.lr")
+            raise CharlmError(
+                f"override key {key!r} must be section.key or model.PART.key, e.g. model.dropout, "
+                "train.lr or model.core.depth"
+            )
         section, name = parts
         if section not in ("model", "train"):
             raise CharlmError(f"unknown config key {key!r} in {item!r}; use model.KEY or train.KEY (see --help)")
@@ -147,18 +178,55 @@ def resolve_config_path(ref: str | Path) -> Path:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Dataclass defaults, then the YAML file ``path`` names (a file or a shipped config's name,
-    see :func:`resolve_config_path`), then ``overrides``."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = resolve_config_path(path)
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise CharlmError(f"config file {path} is not valid YAML: {error_reason(err)}") from None
-        if not isinstance(values, dict):
-            raise CharlmError(f"config file {path} must be a mapping with 'model' and/or 'train' sections")
+    see :func:`resolve_config_path`) on top of the files it names as ``base:``, then ``overrides``."""
+    values = read_yaml_config(resolve_config_path(path)) if path is not None else {}
     apply_overrides(values, overrides or [])
     return config_from_dict(values)
+
+
+def read_yaml_config(path: Path, _children: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config's values, merged over those of its ``base:`` (a file beside it, or a shipped
+    config's name), whose own base is read the same way."""
+    if path.resolve() in _children:
+        chain = " -> ".join(str(p) for p in (*_children, path.resolve()))
+        raise CharlmError(f"config files name each other as base: {chain}; remove one of the base: lines")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise CharlmError(f"config file {path} is not valid YAML: {error_reason(err)}") from None
+    except OSError as err:
+        raise CharlmError(f"config file {path} cannot be read ({err.strerror})") from None
+    if not isinstance(values, dict):
+        raise CharlmError(f"config file {path} must be a mapping with 'model' and/or 'train' sections")
+    if isinstance(values.get("model"), dict):
+        values["model"] = upgrade_model_values(values["model"])
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str) or not base:
+        raise CharlmError(f"base: in {path} must name a config file or a shipped config, got {base!r}")
+    beside = path.parent / base
+    base_path = beside if beside.is_file() else resolve_config_path(base)
+    return merge_configs(read_yaml_config(base_path, (*_children, path.resolve())), values)
+
+
+def merge_configs(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` over ``base``, section by section and key by key; a part (model.core,
+    model.output) of the same name merges its options, one of another name replaces it."""
+    merged = dict(base)
+    for section, values in child.items():
+        if not (isinstance(values, dict) and isinstance(base.get(section), dict)):
+            merged[section] = values
+            continue
+        merged[section] = dict(base[section])
+        for key, value in values.items():
+            if section == "model" and key in ("core", "output") and key in base[section]:
+                old = part_values(base[section][key], key)
+                unnamed = isinstance(value, dict) and "name" not in value  # options of the base's part
+                new = {"name": old["name"], **value} if unnamed else part_values(value, key)
+                value = {**old, **new} if old["name"] == new["name"] else new
+            merged[section][key] = value
+    return merged
 
 
 def model_config_from_json(path: str | Path) -> ModelConfig:
@@ -176,4 +244,4 @@ def model_config_from_json(path: str | Path) -> ModelConfig:
         raise CharlmError(f"{path} cannot be read ({err.strerror}); re-export the model") from None
     if not isinstance(values, dict):
         raise CharlmError(f"{path} is not a model config (a JSON object); re-export the model")
-    return _build(ModelConfig, values.get("model", values), "model.")
+    return _build(ModelConfig, upgrade_model_values(values.get("model", values)), "model.")

@@ -32,6 +32,38 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass
+class PartOptions:
+    """The options of one registered part, a recurrent core or an output layer: its ``name`` (the
+    key it is registered under) and the fields of the part's own options dataclass, defined in the
+    part's file beside the part (``LSTMOptions`` in ``charlm/nn/lstm.py``, ...)."""
+
+    name: str = ""
+
+    def check(self, model: "ModelConfig") -> None:
+        """Raise :class:`~charlm.errors.CharlmError` for values that cannot work (given the model)."""
+
+
+def part_options(kind: str, value: "PartOptions | str") -> PartOptions:
+    """``model.core`` / ``model.output`` as options: a name gives that part's defaults."""
+    from charlm.nn import CORES, OUTPUTS  # the registries: the parts register themselves
+
+    table = CORES if kind == "core" else OUTPUTS
+    name = value.name if isinstance(value, PartOptions) else value
+    _check_choice(f"model.{kind}", name, tuple(table))
+    expected = table[name].Options
+    if not isinstance(value, PartOptions):
+        return expected()
+    if type(value) is not expected:
+        raise CharlmError(f"model.{kind} {name!r} takes {expected.__name__}, not {type(value).__name__}")
+    return value
+
+
+def check_probability(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise CharlmError(f"{name} must be in [0, 1), got {value}")
+
+
+@dataclass
 class ModelConfig:
     """The network of Kim et al. (2016). Defaults are the paper's Char-Small."""
 
@@ -65,28 +97,13 @@ class ModelConfig:
     word_embed_dim: int = 650
     """Size of the word embedding (input 'word' or 'both' only)."""
 
-    core: str = "lstm"
-    """The recurrent core: 'lstm' (the paper: lstm_layers stacked LSTM layers) or 'rhn' (a
-    Recurrent Highway Network, Zilly et al. 2017: highway layers inside the recurrent transition,
-    rhn_depth micro-layers per time step)."""
+    core: PartOptions = field(default_factory=lambda: part_options("core", "lstm"))
+    """The recurrent core and its own options, e.g. ``core: {name: rhn, depth: 4}`` (or just
+    ``core: rhn`` for its defaults): 'lstm' (the paper: stacked LSTM layers) or 'rhn' (a Recurrent
+    Highway Network, Zilly et al. 2017). Each core's options are listed under its name below."""
 
     hidden_size: int = 300
     """Size of the core's state: LSTM hidden (and cell) size, or the RHN state size."""
-
-    lstm_layers: int = 2
-    """Number of stacked LSTM layers (core 'lstm')."""
-
-    lstm_recurrent_bias: bool = True
-    """Two bias vectors per LSTM gate (input and recurrent, simply added), as in PyTorch's LSTM and
-    the reference Torch code: SGD moves their sum twice as fast as one bias. The paper's equations
-    have one bias per gate: false keeps the recurrent one at zero and out of training."""
-
-    rhn_depth: int = 2
-    """Recurrence depth of the RHN core: highway micro-layers per time step (core 'rhn')."""
-
-    rhn_gate_bias: float = -2.0
-    """Added to the RHN transform-gate biases at initialisation (the reference code: -2), so each
-    micro-layer starts out mostly carrying its state."""
 
     dropout: float = 0.5
     """Dropout probability on the core's output (before the output layer) and, for the LSTM,
@@ -95,50 +112,12 @@ class ModelConfig:
     input_dropout: float = 0.0
     """Dropout probability on the core's input, the per-word vectors (the paper: none)."""
 
-    state_dropout: float = 0.0
-    """RHN only: variational dropout on the recurrent state (one mask per sequence, the same for
-    every micro-layer and time step)."""
-
-    locked_dropout: bool = False
-    """LSTM only: variational (locked) dropout, one mask per sequence reused at every time step,
-    on the input, between layers and on the output, instead of a new mask per element (the RHN's
-    dropout is always variational)."""
-
-    weight_drop: float = 0.0
-    """LSTM only: DropConnect probability on the hidden-to-hidden weights (AWD-LSTM), one mask per
-    chunk (0: none)."""
-
-    output: str = "full"
-    """The output layer: 'full' (the paper: a softmax with one free embedding per word), 'char'
-    (each word's output embedding and bias computed from its spelling, Jozefowicz et al. 2016, so
-    input and output are tied through the spelling and any word can be scored) or 'adaptive' (the
-    adaptive softmax of Grave et al. 2017 for large vocabularies: frequent words in a head, rare
-    ones in clusters behind it; exact, much cheaper per token)."""
-
-    adaptive_cutoffs: list[int] = field(default_factory=list)
-    """Output 'adaptive': the first word id of each tail cluster, increasing (words are sorted by
-    frequency). Empty: a head of two fifths of the vocabulary, at most 20,000 words, then clusters
-    ending 3x further on each (10k words: [4000]; 250k: [20000, 60000, 180000])."""
-
-    adaptive_div_value: float = 4.0
-    """Output 'adaptive': tail cluster i projects the core's output to hidden_size / div^i
-    dimensions (Grave et al.: 4)."""
-
-    output_share_encoder: bool = False
-    """Output 'char': read spellings through the input's char-CNN and highway layers (true) or
-    through a char-CNN of the output's own (false)."""
-
-    output_num_filters: list[int] = field(default_factory=list)
-    """Output 'char' with its own char-CNN: feature maps per kernel width (empty: num_filters)."""
-
-    output_correction_dim: int = 0
-    """Output 'char': size of a per-word correction vector added to the spelling's embedding
-    (Jozefowicz et al.), for what the spelling cannot tell (0: none)."""
-
-    output_word_bias: bool = True
-    """Output 'char': a free bias per word on top of the one from the spelling, for the word's
-    frequency, which a spelling cannot tell (unseen words scored by spelling get the mean bias of
-    the rarest tenth of the vocabulary)."""
+    output: PartOptions = field(default_factory=lambda: part_options("output", "full"))
+    """The output layer and its own options, e.g. ``output: {name: adaptive, cutoffs: [4000]}``:
+    'full' (the paper: a softmax with one free embedding per word), 'char' (each word's output
+    embedding and bias computed from its spelling, Jozefowicz et al. 2016: input and output tied
+    through the spelling, any word can be scored) or 'adaptive' (the adaptive softmax of Grave et
+    al. 2017 for large vocabularies: exact, much cheaper per token)."""
 
     init_range: float = 0.05
     """Every parameter starts uniform in [-init_range, init_range] (then the character padding
@@ -154,11 +133,9 @@ class ModelConfig:
     """Characters per spelling, begin/end-of-word markers included. Set from the corpus."""
 
     def __post_init__(self) -> None:
-        from charlm.nn import CORES, OUTPUTS  # the registries the choices come from
-
         _check_choice("model.input", self.input, INPUT_KINDS)
-        _check_choice("model.core", self.core, tuple(CORES))
-        _check_choice("model.output", self.output, tuple(OUTPUTS))
+        self.core = part_options("core", self.core)
+        self.output = part_options("output", self.output)
         _check_choice("model.highway", self.highway, HIGHWAY_KINDS)
         _check_choice("model.highway_activation", self.highway_activation, ACTIVATIONS)
         if self.uses_spellings:
@@ -169,35 +146,20 @@ class ModelConfig:
                 )
             if min(self.kernel_widths) < 1 or min(self.num_filters) < 1:
                 raise CharlmError("model.kernel_widths and model.num_filters must be positive")
-        for name in ("char_embed_dim", "word_embed_dim", "lstm_layers", "hidden_size", "rhn_depth"):
+        for name in ("char_embed_dim", "word_embed_dim", "hidden_size"):
             if getattr(self, name) < 1:
                 raise CharlmError(f"model.{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("highway_layers", "output_correction_dim"):
-            if getattr(self, name) < 0:
-                raise CharlmError(f"model.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("dropout", "input_dropout", "state_dropout", "weight_drop"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise CharlmError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.adaptive_div_value < 1.0:
-            raise CharlmError(f"model.adaptive_div_value must be at least 1, got {self.adaptive_div_value}")
-        if self.output == "char":
-            if self.output_share_encoder and self.input != "char":
-                raise CharlmError(
-                    "model.output_share_encoder needs model.input: char (the shared encoder reads "
-                    "spellings only); set it to false to give the output its own char-CNN"
-                )
-            if self.output_num_filters and len(self.output_num_filters) != len(self.kernel_widths):
-                raise CharlmError(
-                    f"model.output_num_filters ({len(self.output_num_filters)} entries) must have one "
-                    f"entry per kernel width ({len(self.kernel_widths)}), or be empty"
-                )
-            if self.output_num_filters and min(self.output_num_filters) < 1:
-                raise CharlmError("model.output_num_filters must be positive")
+        if self.highway_layers < 0:
+            raise CharlmError(f"model.highway_layers must be >= 0, got {self.highway_layers}")
+        for name in ("dropout", "input_dropout"):
+            check_probability(f"model.{name}", getattr(self, name))
+        self.core.check(self)
+        self.output.check(self)
 
     @property
     def uses_spellings(self) -> bool:
         """Whether the model reads spellings (a char-CNN on the input or output side)."""
-        return self.input != "word" or self.output == "char"
+        return self.input != "word" or self.output.name == "char"
 
     @property
     def cnn_output_size(self) -> int:

@@ -18,36 +18,40 @@
 | ``fused_softmax.py`` | :func:`linear_cross_entropy`: the softmax loss in one sweep (CPU speed) |
 
 ``CORES`` and ``OUTPUTS`` (``registry.py``) map the names of ``model.core`` and ``model.output`` to
-the classes, which register themselves (``@register_core``, ``@register_output``); the config
-accepts exactly their keys.
+the classes, which register themselves with their options dataclass (``@register_core``,
+``@register_output``); the config accepts exactly their names and each part's own options.
 """
 
-from charlm.nn.adaptive_softmax import AdaptiveSoftmax, default_cutoffs, resolve_cutoffs
-from charlm.nn.char_softmax import CharSoftmax
+from charlm.nn.adaptive_softmax import AdaptiveOptions, AdaptiveSoftmax, default_cutoffs, resolve_cutoffs
+from charlm.nn.char_softmax import CharOutputOptions, CharSoftmax
 from charlm.nn.core import RecurrentCore, State, detach_state, expand_state
 from charlm.nn.dropout import Dropout, LockedDropout, drop_weights
 from charlm.nn.encoder import CharCNN, WordEncoder
 from charlm.nn.fused_softmax import linear_cross_entropy
 from charlm.nn.highway import ACTIVATION_FUNCTIONS, Highway
-from charlm.nn.lstm import LSTMCore
+from charlm.nn.lstm import LSTMCore, LSTMOptions
 from charlm.nn.output import FullSoftmax, OutputLayer
 from charlm.nn.registry import CORES, OUTPUTS, register_core, register_output
-from charlm.nn.rhn import RHNCore
+from charlm.nn.rhn import RHNCore, RHNOptions
 
 __all__ = [
     "ACTIVATION_FUNCTIONS",
+    "AdaptiveOptions",
     "AdaptiveSoftmax",
     "CORES",
     "OUTPUTS",
     "CharCNN",
+    "CharOutputOptions",
     "CharSoftmax",
     "Dropout",
     "FullSoftmax",
     "Highway",
     "LSTMCore",
+    "LSTMOptions",
     "LockedDropout",
     "OutputLayer",
     "RHNCore",
+    "RHNOptions",
     "RecurrentCore",
     "State",
     "WordEncoder",

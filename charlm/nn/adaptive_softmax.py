@@ -24,9 +24,12 @@ torch 2.13) and is no faster in fp32 (docs/scale.md).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
+from charlm.config.schema import PartOptions
 from charlm.errors import CharlmError
 from charlm.nn.fused_softmax import linear_cross_entropy
 from charlm.nn.output import OutputLayer
@@ -51,11 +54,11 @@ def default_cutoffs(vocab_size: int) -> list[int]:
 
 
 def resolve_cutoffs(cutoffs: list[int], vocab_size: int) -> list[int]:
-    """``model.adaptive_cutoffs`` as used: the user's (checked) or, if empty, the default."""
+    """``model.output.cutoffs`` as used: the user's (checked) or, if empty, the default."""
     cutoffs = list(cutoffs) or default_cutoffs(vocab_size)
     if not cutoffs or any(b <= a for a, b in zip(cutoffs, cutoffs[1:])) or cutoffs[0] < 1 or cutoffs[-1] >= vocab_size:
         raise CharlmError(
-            f"model.adaptive_cutoffs {cutoffs} must increase strictly from 1 to below the vocabulary size "
+            f"model.output.cutoffs {cutoffs} must increase strictly from 1 to below the vocabulary size "
             f"{vocab_size:,}; leave it empty for the default ({default_cutoffs(vocab_size)})"
         )
     return cutoffs
@@ -76,7 +79,26 @@ class _Tail(nn.Module):
         return torch.log_softmax(self.decoder(self.projection(hidden)).float(), dim=-1)
 
 
-@register_output("adaptive")
+@dataclass
+class AdaptiveOptions(PartOptions):
+    """``model.output: {name: adaptive, ...}``: the adaptive softmax (Grave et al. 2017)."""
+
+    name: str = "adaptive"
+
+    cutoffs: list[int] = field(default_factory=list)
+    """The first word id of each tail cluster, increasing (words are sorted by frequency). Empty: a
+    head of two fifths of the vocabulary, at most 20,000 words, then clusters ending 3x further on
+    each (10k words: [4000]; 250k: [20000, 60000, 180000])."""
+
+    div_value: float = 4.0
+    """Tail cluster i projects the core's output to hidden_size / div^i dimensions (Grave et al.: 4)."""
+
+    def check(self, model) -> None:
+        if self.div_value < 1.0:
+            raise CharlmError(f"model.output.div_value must be at least 1, got {self.div_value}")
+
+
+@register_output("adaptive", AdaptiveOptions)
 class AdaptiveSoftmax(OutputLayer):
     """Args:
     hidden_size: size of the core's outputs.
@@ -109,12 +131,12 @@ class AdaptiveSoftmax(OutputLayer):
     @classmethod
     def flops_per_token(cls, config, input_size: int) -> float:
         """The head only: the tails' cost depends on how many tokens fall into them."""
-        cutoffs = resolve_cutoffs(config.adaptive_cutoffs, config.vocab_size)
+        cutoffs = resolve_cutoffs(config.output.cutoffs, config.vocab_size)
         return 2 * input_size * (cutoffs[0] + len(cutoffs))
 
     @classmethod
     def from_config(cls, config, model) -> "AdaptiveSoftmax":
-        return cls(model.core.output_size, config.vocab_size, config.adaptive_cutoffs, config.adaptive_div_value)
+        return cls(model.core.output_size, config.vocab_size, config.output.cutoffs, config.output.div_value)
 
     def nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         head_size = self.cutoffs[0]

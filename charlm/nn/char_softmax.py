@@ -6,10 +6,10 @@ The output embedding of word w is computed from its spelling instead of being a 
     [e_w; b_w] = P f(spelling_w) + Q c_w          logit_w = e_w . h + b_w + a_w
 
 where f is a character encoder (the output's own char-CNN, run over each word's characters only,
-or the input's char-CNN and highway layers: ``model.output_share_encoder``), P a projection to the
+or the input's char-CNN and highway layers: ``model.output.share_encoder``), P a projection to the
 core's size plus one (the word's bias, so that the bias too comes from the spelling), and c_w an optional small per-word
-correction (``model.output_correction_dim``; Q projects it) for what the spelling cannot say, and
-a_w an optional free per-word bias (``model.output_word_bias``) for the one thing a spelling
+correction (``model.output.correction_dim``; Q projects it) for what the spelling cannot say, and
+a_w an optional free per-word bias (``model.output.word_bias``) for the one thing a spelling
 cannot say at all: how frequent the word is. Without a_w the unigram distribution has to be
 carried by ``e_w . h`` along some direction of h, which the dropout on h makes noisy: training
 perplexity then climbs far above validation perplexity (docs/model-parts.md).
@@ -38,12 +38,15 @@ computed in bf16, then climbs while the float32 validation still improves (docs/
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from charlm.config.schema import PartOptions
+from charlm.errors import CharlmError
 from charlm.nn.encoder import SPELLING_BLOCK, CharCNN
 from charlm.nn.fused_softmax import linear_cross_entropy
 from charlm.nn.output import OutputLayer
@@ -62,7 +65,46 @@ class _Table(NamedTuple):
     free_bias_mean: torch.Tensor | None  # []
 
 
-@register_output("char")
+@dataclass
+class CharOutputOptions(PartOptions):
+    """``model.output: {name: char, ...}``: output embeddings computed from spellings."""
+
+    name: str = "char"
+
+    share_encoder: bool = False
+    """Read spellings through the input's char-CNN and highway layers (true) or through a char-CNN
+    of the output's own (false)."""
+
+    num_filters: list[int] = field(default_factory=list)
+    """With its own char-CNN: feature maps per kernel width (empty: model.num_filters)."""
+
+    correction_dim: int = 0
+    """Size of a per-word correction vector added to the spelling's embedding (Jozefowicz et al.),
+    for what the spelling cannot tell (0: none)."""
+
+    word_bias: bool = True
+    """A free bias per word on top of the one from the spelling, for the word's frequency, which a
+    spelling cannot tell (unseen words scored by spelling get the mean bias of the rarest tenth of
+    the vocabulary)."""
+
+    def check(self, model) -> None:
+        if self.share_encoder and model.input != "char":
+            raise CharlmError(
+                "model.output.share_encoder needs model.input: char (the shared encoder reads "
+                "spellings only); set it to false to give the output its own char-CNN"
+            )
+        if self.num_filters and len(self.num_filters) != len(model.kernel_widths):
+            raise CharlmError(
+                f"model.output.num_filters ({len(self.num_filters)} entries) must have one "
+                f"entry per kernel width ({len(model.kernel_widths)}), or be empty"
+            )
+        if self.num_filters and min(self.num_filters) < 1:
+            raise CharlmError("model.output.num_filters must be positive")
+        if self.correction_dim < 0:
+            raise CharlmError(f"model.output.correction_dim must be >= 0, got {self.correction_dim}")
+
+
+@register_output("char", CharOutputOptions)
 class CharSoftmax(OutputLayer):
     """Args:
     hidden_size: size of the core's outputs.
@@ -115,25 +157,25 @@ class CharSoftmax(OutputLayer):
 
     @classmethod
     def from_config(cls, config, model) -> "CharSoftmax":
-        hidden = model.core.output_size
-        if config.output_share_encoder:
+        hidden, options = model.core.output_size, config.output
+        if options.share_encoder:
             return cls(
                 hidden,
                 model.encoder.spellings,
                 model.config.input_size,
                 shared=model.encode_spellings,
-                correction_dim=config.output_correction_dim,
-                word_bias=config.output_word_bias,
+                correction_dim=options.correction_dim,
+                word_bias=options.word_bias,
             )
-        filters = config.output_num_filters or config.num_filters
+        filters = options.num_filters or config.num_filters
         cnn = CharCNN(config.char_vocab_size, config.char_embed_dim, config.kernel_widths, filters)
         return cls(
             hidden,
             model.encoder.spellings,
             cnn.output_size,
             char_cnn=cnn,
-            correction_dim=config.output_correction_dim,
-            word_bias=config.output_word_bias,
+            correction_dim=options.correction_dim,
+            word_bias=options.word_bias,
         )
 
     def spelling_features(self, chars: torch.Tensor) -> torch.Tensor:

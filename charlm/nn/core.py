@@ -40,13 +40,14 @@ class RecurrentCore(nn.Module):
 
     @classmethod
     def from_config(cls, config, input_size: int) -> "RecurrentCore":
-        """The core a :class:`~charlm.config.ModelConfig` asks for, reading vectors of ``input_size``."""
+        """The core a :class:`~charlm.config.ModelConfig` asks for (its options: ``config.core``),
+        reading vectors of ``input_size``."""
         raise NotImplementedError
 
     @classmethod
     def describe(cls, config) -> str:
         """A few words for the training summary, e.g. ``LSTM 2x300``."""
-        return f"{config.core} {config.hidden_size}"
+        return f"{config.core.name} {config.hidden_size}"
 
     @classmethod
     def flops_per_token(cls, config, input_size: int) -> float:

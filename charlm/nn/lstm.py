@@ -12,15 +12,46 @@ options loads and scores like any other.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from charlm.config.schema import PartOptions, check_probability
+from charlm.errors import CharlmError
 from charlm.nn.core import RecurrentCore, State
 from charlm.nn.dropout import Dropout, LockedDropout, drop_weights
 from charlm.nn.registry import register_core
 
 
-@register_core("lstm")
+@dataclass
+class LSTMOptions(PartOptions):
+    """``model.core: {name: lstm, ...}``: the paper's stacked LSTM."""
+
+    name: str = "lstm"
+
+    layers: int = 2
+    """Number of stacked LSTM layers, each of model.hidden_size."""
+
+    recurrent_bias: bool = True
+    """Two bias vectors per gate (input and recurrent, simply added), as in PyTorch's LSTM and the
+    reference Torch code: SGD moves their sum twice as fast as one bias. The paper's equations have
+    one bias per gate: false keeps the recurrent one at zero and out of training."""
+
+    locked_dropout: bool = False
+    """Variational (locked) dropout, one mask per sequence reused at every time step, on the input,
+    between layers and on the output, instead of a new mask per element."""
+
+    weight_drop: float = 0.0
+    """DropConnect probability on the hidden-to-hidden weights (AWD-LSTM), one mask per chunk (0: none)."""
+
+    def check(self, model) -> None:
+        if self.layers < 1:
+            raise CharlmError(f"model.core.layers must be at least 1, got {self.layers}")
+        check_probability("model.core.weight_drop", self.weight_drop)
+
+
+@register_core("lstm", LSTMOptions)
 class LSTMCore(RecurrentCore):
     """``num_layers`` stacked LSTM layers of ``hidden_size``; state ``{"h", "c"}`` ``[layers, B, H]``.
 
@@ -65,24 +96,24 @@ class LSTMCore(RecurrentCore):
 
     @classmethod
     def describe(cls, config) -> str:
-        return f"LSTM {config.lstm_layers}x{config.hidden_size}"
+        return f"LSTM {config.core.layers}x{config.hidden_size}"
 
     @classmethod
     def flops_per_token(cls, config, input_size: int) -> float:
         h = config.hidden_size
-        return sum(2 * 4 * h * ((input_size if i == 0 else h) + h) for i in range(config.lstm_layers))
+        return sum(2 * 4 * h * ((input_size if i == 0 else h) + h) for i in range(config.core.layers))
 
     @classmethod
     def from_config(cls, config, input_size: int) -> "LSTMCore":
         return cls(
             input_size,
             config.hidden_size,
-            config.lstm_layers,
+            config.core.layers,
             config.dropout,
-            recurrent_bias=config.lstm_recurrent_bias,
-            locked_dropout=config.locked_dropout,
+            recurrent_bias=config.core.recurrent_bias,
+            locked_dropout=config.core.locked_dropout,
             input_dropout=config.input_dropout,
-            weight_drop=config.weight_drop,
+            weight_drop=config.core.weight_drop,
         )
 
     def frozen_recurrent_biases(self) -> list[torch.Tensor]:

@@ -36,7 +36,8 @@ class OutputLayer(nn.Module):
 
     @classmethod
     def from_config(cls, config, model) -> "OutputLayer":
-        """The output layer a :class:`~charlm.config.ModelConfig` asks for, on top of ``model.core``."""
+        """The output layer a :class:`~charlm.config.ModelConfig` asks for (its options:
+        ``config.output``), on top of ``model.core``."""
         raise NotImplementedError
 
     @classmethod

@@ -26,9 +26,13 @@ in both.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from charlm.config.schema import PartOptions, check_probability
+from charlm.errors import CharlmError
 from charlm.nn.core import RecurrentCore, State
 from charlm.nn.dropout import LockedDropout, keep_mask
 from charlm.nn.registry import register_core
@@ -160,7 +164,31 @@ def rhn_scan(
     return RHNScan.apply(projected, s, mask, _autocast_dtype(projected.device.type), *params)
 
 
-@register_core("rhn")
+@dataclass
+class RHNOptions(PartOptions):
+    """``model.core: {name: rhn, ...}``: a Recurrent Highway Network (Zilly et al. 2017), highway
+    layers inside the recurrent transition."""
+
+    name: str = "rhn"
+
+    depth: int = 2
+    """Recurrence depth: highway micro-layers per time step."""
+
+    gate_bias: float = -2.0
+    """Added to the transform-gate biases at initialisation (the reference code: -2), so each
+    micro-layer starts out mostly carrying its state."""
+
+    state_dropout: float = 0.0
+    """Variational dropout on the recurrent state (one mask per sequence, the same for every
+    micro-layer and time step). The RHN's input and output dropout are always variational."""
+
+    def check(self, model) -> None:
+        if self.depth < 1:
+            raise CharlmError(f"model.core.depth must be at least 1, got {self.depth}")
+        check_probability("model.core.state_dropout", self.state_dropout)
+
+
+@register_core("rhn", RHNOptions)
 class RHNCore(RecurrentCore):
     """A recurrent highway network of recurrence depth ``depth``; state ``{"s"}`` ``[B, H]``."""
 
@@ -194,23 +222,23 @@ class RHNCore(RecurrentCore):
 
     @classmethod
     def describe(cls, config) -> str:
-        return f"RHN {config.hidden_size}, depth {config.rhn_depth}"
+        return f"RHN {config.hidden_size}, depth {config.core.depth}"
 
     @classmethod
     def flops_per_token(cls, config, input_size: int) -> float:
         """The input enters the first micro-layer; each micro-layer is an ``[H, 2H]`` product."""
         h = config.hidden_size
-        return 2 * 2 * h * input_size + config.rhn_depth * 2 * h * 2 * h
+        return 2 * 2 * h * input_size + config.core.depth * 2 * h * 2 * h
 
     @classmethod
     def from_config(cls, config, input_size: int) -> "RHNCore":
         return cls(
             input_size,
             config.hidden_size,
-            config.rhn_depth,
-            gate_bias=config.rhn_gate_bias,
+            config.core.depth,
+            gate_bias=config.core.gate_bias,
             input_dropout=config.input_dropout,
-            state_dropout=config.state_dropout,
+            state_dropout=config.core.state_dropout,
             output_dropout=config.dropout,
         )
 

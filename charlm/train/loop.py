@@ -1,4 +1,10 @@
-"""The training loop (`train`) and the `charlm train` command."""
+"""The training loop and the `charlm train` command.
+
+``train`` sets up a :class:`~charlm.train.trainer.Run` and calls ``fit``: epochs of ``train_epoch``
+(updates, progress bar, resumable states every ``train.checkpoint_every_steps``), each followed by
+validation, export and a saved state; a stop request (SIGINT, SIGTERM) is agreed on by every
+process (``agreed_stop``) and answered after a saved state.
+"""
 
 from __future__ import annotations
 
@@ -38,80 +44,115 @@ def train(
     run.restore()
     run.print_summary()
     run.start_tracking()
-    tc, progress, accelerator = run.tc, run.progress, run.accelerator
-    output_dir = run.output_dir
-
     start_time = time.time()
-    cut_short = False
-    stopped_by = 0  # the signal (SIGINT, SIGTERM) that stopped the run, agreed by every process
-    stop = StopRequest(accelerator.num_processes, accelerator.process_index)
-    with stop:
-        while run.progress.epoch < tc.max_epochs and not cut_short and not stopped_by:
-            progress = run.progress
-            epoch = progress.epoch + 1
-            epoch_start = time.time()
-            if progress.chunk == 0:
-                run.state = run.raw_model.initial_state(tc.batch_size)  # a new pass over the text starts fresh
-            run.model.train()
-            bar = tqdm(
-                total=run.chunks_per_epoch,
-                initial=progress.chunk,
-                desc=f"epoch {epoch}/{tc.max_epochs}",
-                unit="chunk",
-                disable=not accelerator.is_local_main_process,
-                dynamic_ncols=True,
-                mininterval=1.0,
-            )
-            # This process's summed NLL over the chunks trained since the last checkpoint.
-            nll_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-            train_start = time.time()
-            try:
-                for k in range(progress.chunk, run.chunks_per_epoch):
-                    loss = run.update(k)
-                    nll_sum += loss.double() * tc.batch_size  # summed over the chunk's B*T tokens
-                    bar.update(1)
-                    if not accelerator.sync_gradients:
-                        continue
-                    run.after_update()
-                    step = progress.global_step
-                    if step % tc.log_every == 0 or k + 1 == run.chunks_per_epoch:
-                        run.check_finite(epoch)
-                        run.report(bar, k, nll_sum, train_start)
-                    cut_short = bool(tc.max_steps) and step >= tc.max_steps
-                    if cut_short:
-                        break
-                    if k + 1 == run.chunks_per_epoch:
-                        break  # a stop asked for now happens after the end-of-epoch work, with its state
-                    # With several processes the stop request is agreed on every STOP_CHECK_EVERY updates.
-                    if accelerator.num_processes == 1 or step % STOP_CHECK_EVERY == 0:
-                        stopped_by = agree(accelerator, stop.signum, "max")
-                    if stopped_by or (tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0):
-                        run.fold_counters(nll_sum, train_start)
-                        nll_sum.zero_()
-                        train_start = time.time()
-                        run.checkpoint(epoch)
-                    if stopped_by:
-                        break
-            finally:
-                bar.close()  # also on an error: the message then starts on a line of its own
-            if stopped_by:
-                break
-            run.fold_counters(nll_sum, train_start)
-            run.check_finite(epoch, weights=True)  # before validating and exporting
-            cut_short = run.end_epoch(epoch, epoch_start, cut_short)
-            run.checkpoint(epoch)
-            if run.progress.epoch < tc.max_epochs and not cut_short:  # more to do: honour a stop request now
-                stopped_by = agree(accelerator, stop.signum, "max")
+    with StopRequest(run.accelerator.num_processes, run.accelerator.process_index) as stop:
+        stopped_by = fit(run, stop)
+    return finish(run, stopped_by, time.time() - start_time)
 
-    progress = run.progress
+
+def fit(run: Run, stop: StopRequest) -> int:
+    """Epoch after epoch until ``train.max_epochs``, ``train.max_steps``, ``train.min_lr`` or a stop
+    request; returns the signal that stopped the run (0: none). After every epoch: validate, export,
+    save the resumable state, then answer a stop request."""
+    tc = run.tc
+    while run.progress.epoch < tc.max_epochs:
+        epoch = run.progress.epoch + 1
+        epoch_start = time.time()
+        counters = Counters(run)
+        cut_short, stopped_by = train_epoch(run, epoch, counters, stop)
+        if stopped_by:
+            return stopped_by  # the state was saved where the run stopped
+        counters.fold()
+        run.check_finite(epoch, weights=True)  # before validating and exporting
+        cut_short = run.end_epoch(epoch, epoch_start, cut_short)
+        run.checkpoint(epoch)
+        if cut_short or run.progress.epoch >= tc.max_epochs:
+            return 0
+        stopped_by = agreed_stop(run, stop)
+        if stopped_by:
+            return stopped_by
+    return 0
+
+
+def train_epoch(run: Run, epoch: int, counters: "Counters", stop: StopRequest) -> tuple[bool, int]:
+    """One pass over the training text, or the rest of one after a resume. Returns whether
+    ``train.max_steps`` cut it short and the stop signal agreed on mid-epoch (0: none); a resumable
+    state is saved every ``train.checkpoint_every_steps`` updates and where a stop request is met."""
+    tc, progress, accelerator = run.tc, run.progress, run.accelerator
+    if progress.chunk == 0:
+        run.state = run.raw_model.initial_state(tc.batch_size)  # a new pass over the text starts fresh
+    run.model.train()
+    with progress_bar(run, epoch) as bar:  # closed on an error too: the message gets a line of its own
+        for k in range(progress.chunk, run.chunks_per_epoch):
+            counters.add(run.update(k))
+            bar.update(1)
+            if not accelerator.sync_gradients:
+                continue
+            run.after_update()
+            step, last = progress.global_step, k + 1 == run.chunks_per_epoch
+            if step % tc.log_every == 0 or last:
+                run.check_finite(epoch)
+                run.report(bar, k, counters.nll_sum, counters.start)
+            if tc.max_steps and step >= tc.max_steps:
+                return True, 0
+            if last:
+                return False, 0  # a stop asked for now is answered after the end-of-epoch work
+            # With several processes the stop request is agreed on every STOP_CHECK_EVERY updates.
+            stopped_by = agreed_stop(run, stop) if accelerator.num_processes == 1 or step % STOP_CHECK_EVERY == 0 else 0
+            if stopped_by or (tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0):
+                counters.fold()
+                run.checkpoint(epoch)
+            if stopped_by:
+                return False, stopped_by
+    return False, 0
+
+
+class Counters:
+    """This process's summed loss and training time since they were last folded into the run's
+    progress (which is what a resumable state records)."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.nll_sum = torch.zeros((), dtype=torch.float64, device=run.accelerator.device)
+        self.start = time.time()
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.nll_sum += loss.double() * self.run.tc.batch_size  # summed over the chunk's B*T tokens
+
+    def fold(self) -> None:
+        self.run.fold_counters(self.nll_sum, self.start)
+        self.nll_sum.zero_()
+        self.start = time.time()
+
+
+def agreed_stop(run: Run, stop: StopRequest) -> int:
+    """The stop signal any process received (0: none), the same answer on every process."""
+    return agree(run.accelerator, stop.signum, "max")
+
+
+def progress_bar(run: Run, epoch: int) -> tqdm:
+    return tqdm(
+        total=run.chunks_per_epoch,
+        initial=run.progress.chunk,
+        desc=f"epoch {epoch}/{run.tc.max_epochs}",
+        unit="chunk",
+        disable=not run.accelerator.is_local_main_process,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
+
+
+def finish(run: Run, stopped_by: int, seconds: float) -> dict[str, Any]:
+    """Say how the run ended (main process), close the trackers; the run's summary."""
+    progress, output_dir = run.progress, run.output_dir
     summary = {
         "best_valid_ppl": progress.best_valid,
         "updates": progress.global_step,
-        "seconds": round(time.time() - start_time, 1),
+        "seconds": round(seconds, 1),
         "output_dir": str(output_dir),
         "stopped_by": stopped_by,
     }
-    if accelerator.is_main_process:
+    if run.accelerator.is_main_process:
         if stopped_by:
             print(
                 f"stopped by {signal.Signals(stopped_by).name} after update {progress.global_step}; state "
@@ -122,7 +163,7 @@ def train(
         else:
             _write_plot(output_dir)
             print(f"done: best valid ppl {summary['best_valid_ppl']:.2f}; model exported to {output_dir / BEST_DIR}")
-    accelerator.end_training()
+    run.accelerator.end_training()
     return summary
 
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from charlm.averaging import WeightAverage
 from charlm.checkpoint import export_model, non_finite, recover_export
-from charlm.config import RunConfig
+from charlm.config import RunConfig, flat_items
 from charlm.corpus import TextStream, load_corpus
 from charlm.errors import CharlmError
 from charlm.io import save_json
@@ -164,9 +164,8 @@ class Run:
         config as hyperparameters (lists written as text: trackers take scalars)."""
         if self.tc.report_to != "none":
             flat = {
-                f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
-                for section, values in self.config.to_dict().items()
-                for key, value in values.items()
+                key: value if isinstance(value, (int, float, str, bool)) else str(value)
+                for key, value in flat_items(self.config.to_dict()).items()
             }
             self.accelerator.init_trackers(TRACKING_PROJECT, config=flat)
 
