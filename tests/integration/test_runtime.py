@@ -28,7 +28,7 @@ from charlm.errors import CharlmError
 from charlm.runtime import configure_threads
 from charlm.runtime.stop import EXIT_PEER_FAILED
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"
 SMALL = [
     "model.kernel_widths=[1,2,3]",

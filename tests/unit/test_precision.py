@@ -25,7 +25,7 @@ from charlm.cli import main
 from charlm.errors import CharlmError
 from charlm.runtime import choose_precision
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ TINY_CHAR_OUTPUT = [
     "train.seq_len=8",
 ]
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "experiments" / "reference_stale_state.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "experiments" / "reference_stale_state.py"
 
 
 def load_script():

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from helpers_model import synthetic_lines, write_lines
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SOURCES = ["pyproject.toml", "README.md", "charlm", "data_prep"]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from helpers_model import trained  # noqa: F401  (a fixture)
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def python_block(markdown: str) -> str:

@@ -19,7 +19,7 @@ from charlm.corpus import TextStream
 from charlm.state import complete_checkpoints
 from charlm.train import should_decay
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = CONFIG_DIR / "tiny.yaml"
 # A very small model so that the end-to-end runs take seconds.
 SMALL = [

@@ -19,7 +19,7 @@ from charlm.inputs import text_file_ids
 from charlm.nn import CharOutputOptions
 from charlm.scoring import score_columns, score_stream
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @torch.inference_mode()

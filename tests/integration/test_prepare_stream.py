@@ -31,7 +31,7 @@ from data_prep.prepare import PrepareConfig, prepare_corpus
 from data_prep.sources import Carving
 from data_prep.synthetic import make_synthetic_corpus
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPLIT_NAMES = ("train", "valid", "test")
 
 

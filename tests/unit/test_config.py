@@ -22,9 +22,10 @@ from charlm.config import (
 from charlm.config.legacy import FLAT_KEYS
 from charlm.errors import CharlmError
 from charlm.nn import CORES, OUTPUTS, AdaptiveOptions, LSTMOptions, RHNOptions
+from charlm.state import check_same_model
 
 TINY = CONFIG_DIR / "tiny.yaml"
-OLD_EXPORT = Path(__file__).parent / "data" / "charlm-0.1-config.json"  # written by charlm 0.1.0
+OLD_EXPORT = Path(__file__).parents[1] / "data" / "charlm-0.1-config.json"  # written by charlm 0.1.0
 
 
 def test_config_overrides_and_unknown_keys(tmp_path):
@@ -174,3 +175,13 @@ def test_a_model_config_built_in_python_takes_names_or_options():
     assert dataclasses.replace(ModelConfig(), core=RHNOptions(depth=3)).core.depth == 3
     with pytest.raises(CharlmError, match="takes RHNOptions, not LSTMOptions"):
         ModelConfig(core=dataclasses.replace(LSTMOptions(), name="rhn"))
+
+
+def test_a_run_started_by_charlm_0_1_resumes_with_its_flat_config(tmp_path):
+    """``--resume`` compares the run's saved config.json (flat keys) with the model asked for."""
+    record = json.loads(OLD_EXPORT.read_text())  # a run's config.json: its model and train sections
+    (tmp_path / "config.json").write_text(json.dumps({"model": record["model"], "train": record["train"]}))
+    asked = load_config("ptb-char-small-rhn-char-output").model
+    check_same_model(tmp_path / "config.json", asked)  # the same model: no error
+    with pytest.raises(CharlmError, match=r"trained with model.core.depth=4, this command asks for 8"):
+        check_same_model(tmp_path / "config.json", dataclasses.replace(asked, core=RHNOptions(depth=8)))

@@ -16,7 +16,7 @@ from charlm.errors import CharlmError
 from charlm.text import NUM_RESERVED_CHARS, VocabOptions
 from data_prep.prepare import PrepareConfig, prepare_corpus
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def prepare(output_dir: Path, **options) -> dict:

@@ -38,7 +38,7 @@ from charlm.errors import CharlmError
 from charlm.model import CharLM
 from charlm.state import COMPLETE_MARKER, complete_checkpoints, recover_checkpoints
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = CONFIG_DIR / "tiny.yaml"
 # Tiny model, frequent checkpoints (so kills land inside checkpoint writes too), dropout on (so the
 # random-number-generator states must be restored exactly).
