@@ -98,6 +98,8 @@ def test_wheel_installs_and_trains_from_a_shipped_config(tmp_path):
     work.mkdir()
     location = run([python, "-c", "import charlm; print(charlm.__file__)"], work, env).strip()
     assert Path(location).is_relative_to(venv), f"charlm was imported from {location}, not from the wheel"
+    inherited = "from charlm.config import load_config; print(load_config('ptb-char-small-rhn-depth8').model.core)"
+    assert "depth=8" in run([python, "-c", inherited], work, env)  # its base: ptb-char-small-rhn, in the wheel too
 
     files = [
         write_lines(work / f"{split}.txt", synthetic_lines(n, seed))
