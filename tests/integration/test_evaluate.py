@@ -54,21 +54,7 @@ def test_batched_scoring_equals_token_by_token_loop(trained, loaded):
 @pytest.mark.parametrize("layers", [1, 3])
 def test_pipelined_scoring_equals_sequential_scoring(layers):
     """Layers and softmax of consecutive chunks on a thread pool: the same log-probabilities."""
-    from charlm.config import ModelConfig
-    from charlm.model import CharLM
-    from charlm.nn import LSTMOptions
-
-    torch.manual_seed(0)
-    config = ModelConfig(
-        vocab_size=300,
-        char_vocab_size=30,
-        max_word_length=7,
-        kernel_widths=[1, 2],
-        num_filters=[8, 16],
-        hidden_size=32,
-        core=LSTMOptions(layers=layers),
-    )
-    model = CharLM(config, torch.randint(4, 30, (300, 7))).train()
+    model = _random_model(layers).train()
     ids = np.random.default_rng(0).integers(0, 300, 1000)
     threads = torch.get_num_threads()
     sequential = score_stream(model, ids, 1, chunk_len=64, per_token=True, pipeline=False)
