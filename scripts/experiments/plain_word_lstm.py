@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from charlm.corpus import load_corpus
+from charlm.runtime import run_record, source_commit
 
 
 class WordLSTM(nn.Module):
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1111, help="the example's default seed")
     args = parser.parse_args()
 
+    source_commit()  # read at the start, as charlm's training does
     torch.manual_seed(args.seed)
     vocab, splits, _ = load_corpus(args.data_dir)
     train = batchify(splits["train"], args.batch_size)
@@ -129,7 +131,20 @@ def main() -> None:
         else:
             lr /= 4.0
     model.load_state_dict(best_state)
-    result = {"perplexity": evaluate(model, test, args.seq_len), "split": "test", "parameters": parameters}
+    result = {
+        "perplexity": evaluate(model, test, args.seq_len),
+        "split": "test",
+        "data_dir": args.data_dir,
+        "model": run_record(
+            config="plain-word-lstm",
+            parameters=parameters,
+            epoch=args.epochs,
+            seed=args.seed,
+            precision="fp32",
+            device_type="cpu",
+            processes=1,
+        ),
+    }
     (output / "test.json").write_text(json.dumps(result) + "\n")
     print(json.dumps(result))
 
