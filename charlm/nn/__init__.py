@@ -33,6 +33,7 @@ from charlm.nn.lstm import LSTMCore, LSTMOptions
 from charlm.nn.output import FullSoftmax, OutputLayer
 from charlm.nn.registry import CORES, OUTPUTS, register_core, register_output
 from charlm.nn.rhn import RHNCore, RHNOptions
+from charlm.nn.tied_softmax import TiedOptions, TiedSoftmax
 
 __all__ = [
     "ACTIVATION_FUNCTIONS",
@@ -54,6 +55,8 @@ __all__ = [
     "RHNOptions",
     "RecurrentCore",
     "State",
+    "TiedOptions",
+    "TiedSoftmax",
     "WordEncoder",
     "default_cutoffs",
     "detach_state",

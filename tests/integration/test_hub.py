@@ -18,12 +18,14 @@ import huggingface_hub
 import huggingface_hub.constants
 import pytest
 import torch
-from helpers_model import assert_one_line_error, run_cli, trained  # noqa: F401  (trained: a fixture)
+from helpers_model import assert_one_line_error, run_cli, tiny_config, trained  # noqa: F401  (trained: a fixture)
 
 import charlm
 from charlm.checkpoint import load_model
 from charlm.errors import CharlmError
 from charlm.hub import SHARED_FILES, push_to_hub, resolve_model_dir
+from charlm.model import CharLM
+from charlm.nn import TiedOptions
 
 REPO_ID = "someone/charlm-tiny"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -93,6 +95,21 @@ def test_neither_local_nor_cached_names_both(offline_cache):
     assert "best/ folder of a training run" in message
     with pytest.raises(CharlmError, match="runs/nowhere/best does not exist; .*or a Hugging Face hub id"):
         charlm.from_pretrained("runs/nowhere/best")
+
+
+def test_an_exported_tied_model_loads_with_the_tie_in_place(trained, tmp_path):
+    """The tied output's table is saved once (as the input's word embedding) and shared again on load."""
+    _, vocab = load_model(trained.model_dir)
+    torch.manual_seed(0)
+    config = tiny_config(vocab, input="both", word_embed_dim=32, output=TiedOptions())
+    model = CharLM(config, vocab.spellings()).eval()
+    charlm.save_pretrained(model, vocab, tmp_path / "tied")
+    again, _ = charlm.from_pretrained(str(tmp_path / "tied"))
+    assert again.output.weight is again.encoder.word_embedding.weight
+    assert same_weights(model, again)
+    words = torch.randint(0, len(vocab), (2, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(again(words, again.initial_state(2))[0], model(words, model.initial_state(2))[0])
 
 
 def test_save_pretrained_round_trip(trained, tmp_path):

@@ -10,8 +10,19 @@ import torch.nn.functional as F
 from test_model import random_spellings, tiny_config
 from torch import nn
 
+from charlm.errors import CharlmError
 from charlm.model import CharLM
-from charlm.nn import CORES, OUTPUTS, CharSoftmax, LockedDropout, LSTMCore, RHNCore, detach_state, expand_state
+from charlm.nn import (
+    CORES,
+    OUTPUTS,
+    CharSoftmax,
+    LockedDropout,
+    LSTMCore,
+    RHNCore,
+    TiedOptions,
+    detach_state,
+    expand_state,
+)
 from charlm.nn.rhn import RHNScan, rhn_reference, rhn_scan
 from charlm.scoring import score_stream
 
@@ -28,6 +39,8 @@ def part_config(core: str, output: str, core_options=None, output_options=None, 
     """A tiny model with that core and output; ``*_options`` change the part's own options."""
     core_defaults = {"depth": 2} if core == "rhn" else {}
     output_defaults = {"num_filters": [10, 10, 10], "correction_dim": 8} if output == "char" else {}
+    if output == "tied":  # tied to the input's word embedding, which must be of the core's size
+        changes = {"input": "both", "word_embed_dim": changes.get("hidden_size", tiny_config().hidden_size), **changes}
     return tiny_config(
         core=CORES[core].Options(**{**core_defaults, **(core_options or {})}),
         output=OUTPUTS[output].Options(**{**output_defaults, **(output_options or {})}),
@@ -430,3 +443,37 @@ def test_char_output_encoder_starts_with_features_that_tell_words_apart():
         spread = model.output.spelling_features(model.encoder.spellings).std(dim=0).mean().item()
     assert model.output.char_cnn.embedding.weight.abs().max() > 1.0  # N(0, 1), not U(-0.05, 0.05)
     assert spread > 0.05  # the paper's initialisation gives about 0.005 on PTB
+
+
+# ----------------------------------------------------------------------------- the tied output
+
+
+def test_tied_output_is_the_input_embedding_table_held_once():
+    """The tied softmax owns only its biases: its weight is the input's word embedding, so the model
+    has V x H parameters fewer than with the full softmax, its state holds the table once, and the
+    output's gradient reaches it (tests/integration/test_hub.py: an export keeps the tie)."""
+    torch.manual_seed(0)
+    full = CharLM(part_config("lstm", "full", input="both", word_embed_dim=16), random_spellings())
+    tied = CharLM(part_config("lstm", "tied"), random_spellings())
+    vocab_size, hidden = tied.config.vocab_size, tied.config.hidden_size
+    assert full.num_parameters() - tied.num_parameters() == vocab_size * hidden
+    assert tied.output.weight is tied.encoder.word_embedding.weight
+    assert [name for name in tied.state_dict() if name.startswith("output.")] == ["output.bias"]
+
+    words = torch.zeros(1, 3, dtype=torch.long)  # the input sees word 0 only
+    nll, _ = tied(words, tied.initial_state(1), torch.tensor([[5, 6, 7]]))
+    nll.sum().backward()
+    grad = tied.encoder.word_embedding.weight.grad
+    assert grad[5:8].abs().sum() > 0  # rows only the output used got their gradient
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"input": "char"}, "tied needs a word embedding to tie to"),
+        ({"input": "both", "word_embed_dim": 8}, "word_embed_dim \\(8\\) equal to model.hidden_size \\(16\\)"),
+    ],
+)
+def test_tied_output_without_a_matching_word_embedding_is_a_config_error(changes, message):
+    with pytest.raises(CharlmError, match=message):
+        tiny_config(output=TiedOptions(), **changes)
