@@ -251,7 +251,7 @@ def test_every_core_and_output_overfits_a_short_text(core, output):
     model = CharLM(part_config(core, output, hidden_size=32), random_spellings())
     text = torch.tensor([[3, 7, 1, 9, 4, 4, 12, 18, 5, 29, 3, 7, 1, 9, 22, 0, 15]])
     optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
-    for _ in range(300):
+    for _ in range(500):
         nll, _ = model(text[:, :-1], model.initial_state(1), text[:, 1:])
         loss = nll.mean()
         optimizer.zero_grad()
