@@ -116,8 +116,10 @@ class ModelConfig:
     """The output layer and its own options, e.g. ``output: {name: adaptive, cutoffs: [4000]}``:
     'full' (the paper: a softmax with one free embedding per word), 'char' (each word's output
     embedding and bias computed from its spelling, Jozefowicz et al. 2016: input and output tied
-    through the spelling, any word can be scored) or 'adaptive' (the adaptive softmax of Grave et
-    al. 2017 for large vocabularies: exact, much cheaper per token)."""
+    through the spelling, any word can be scored), 'tied' (the full softmax whose table is the
+    input's word embedding: needs model.input word or both, word_embed_dim = hidden_size) or
+    'adaptive' (the adaptive softmax of Grave et al. 2017 for large vocabularies: exact, much
+    cheaper per token)."""
 
     init_range: float = 0.05
     """Every parameter starts uniform in [-init_range, init_range] (then the character padding

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from charlm.io import atomic_write_text
+
 VERSE = re.compile(r"^\s+\d+ (.*)$")
 HEADING = re.compile(r"^(?:[1-3] )?[A-Z][A-Za-z ]* \d+$")
 
@@ -54,7 +56,7 @@ def main() -> None:
         lines[split_of(index)].extend(verses)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for split, verses in lines.items():
-        (args.output_dir / f"{split}.txt").write_text("\n".join(verses) + "\n", encoding="utf-8")
+        atomic_write_text(args.output_dir / f"{split}.txt", "\n".join(verses) + "\n")
         words = sum(len(verse.split()) for verse in verses)
         print(f"{split}: {len(verses):,} verses, {words:,} words")
     print(f"{len(books)} chapters -> {args.output_dir}")

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from charlm.corpus import load_corpus
+from charlm.io import atomic_write_text
 from charlm.runtime import run_record, source_commit
 
 
@@ -145,7 +146,7 @@ def main() -> None:
             processes=1,
         ),
     }
-    (output / "test.json").write_text(json.dumps(result) + "\n")
+    atomic_write_text(output / "test.json", json.dumps(result) + "\n")
     print(json.dumps(result))
 
 
