@@ -10,7 +10,7 @@ l = 1..L update the state s (s_0 is the previous step's s_L); the input x enters
 The transform-gate biases b_T,l start at ``gate_bias`` (default -2, as in the reference code), so
 each micro-layer starts out mostly carrying its state. Dropout is variational, as in the paper: one
 mask per sequence on the input, on the state (the same mask for every micro-layer and step) and on
-the output.
+the output. ``weight_drop`` adds DropConnect on the recurrent weights (one mask per chunk).
 
 Speed. The input part of every step of a chunk is one matrix product ``[B*T, D] x [D, 2H]``; only
 the recurrent part runs step by step, one ``[B, H] x [H, 2H]`` product per micro-layer. Those
@@ -34,15 +34,18 @@ from torch import nn
 from charlm.config.schema import PartOptions, check_probability
 from charlm.errors import CharlmError
 from charlm.nn.core import RecurrentCore, State
-from charlm.nn.dropout import LockedDropout, keep_mask
+from charlm.nn.dropout import LockedDropout, drop_weights, keep_mask
 from charlm.nn.registry import register_core
+
+Recurrent = list[tuple[torch.Tensor, torch.Tensor]]
+"""Each micro-layer's recurrent weight ``[2H, H]`` (``[R_H,l; R_T,l]``) and bias ``[2H]``."""
 
 
 def rhn_reference(
     projected: torch.Tensor,
     s: torch.Tensor,
     mask: torch.Tensor | None,
-    layers: list[nn.Linear],
+    recurrent: Recurrent,
     gates: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The recurrence, step by step through autograd: ``projected`` ``[B, T, 2H]`` (the input part),
@@ -50,8 +53,8 @@ def rhn_reference(
     ``gates`` is a list, each micro-layer's transform gate ``[B, H]`` is appended to it."""
     outputs = []
     for t in range(projected.size(1)):
-        for l, layer in enumerate(layers):
-            pre = layer(s if mask is None else s * mask)  # [B, 2H]
+        for l, (weight, bias) in enumerate(recurrent):
+            pre = nn.functional.linear(s if mask is None else s * mask, weight, bias)  # [B, 2H]
             if l == 0:
                 pre = pre + projected[:, t]
             h, g = pre.float().chunk(2, dim=-1)
@@ -157,10 +160,10 @@ class RHNScan(torch.autograd.Function):
 
 
 def rhn_scan(
-    projected: torch.Tensor, s: torch.Tensor, mask: torch.Tensor | None, layers: list[nn.Linear]
+    projected: torch.Tensor, s: torch.Tensor, mask: torch.Tensor | None, recurrent: Recurrent
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`rhn_reference`'s result through :class:`RHNScan` (one autograd node)."""
-    params = [p for layer in layers for p in (layer.weight, layer.bias)]
+    params = [p for pair in recurrent for p in pair]
     return RHNScan.apply(projected, s, mask, _autocast_dtype(projected.device.type), *params)
 
 
@@ -182,10 +185,15 @@ class RHNOptions(PartOptions):
     """Variational dropout on the recurrent state (one mask per sequence, the same for every
     micro-layer and time step). The RHN's input and output dropout are always variational."""
 
+    weight_drop: float = 0.0
+    """DropConnect probability on the recurrent weights ``R_l`` (as AWD-LSTM's on the LSTM's
+    hidden-to-hidden weights), one mask per chunk (0: none)."""
+
     def check(self, model) -> None:
         if self.depth < 1:
             raise CharlmError(f"model.core.depth must be at least 1, got {self.depth}")
         check_probability("model.core.state_dropout", self.state_dropout)
+        check_probability("model.core.weight_drop", self.weight_drop)
 
 
 @register_core("rhn", RHNOptions)
@@ -204,6 +212,7 @@ class RHNCore(RecurrentCore):
         input_dropout: float = 0.0,
         state_dropout: float = 0.0,
         output_dropout: float = 0.0,
+        weight_drop: float = 0.0,
         fused: bool = True,
     ):
         super().__init__()
@@ -218,6 +227,7 @@ class RHNCore(RecurrentCore):
         )  # [R_H,l; R_T,l], b_l
         self.input_dropout = LockedDropout(input_dropout)
         self.state_dropout = state_dropout
+        self.weight_drop = weight_drop
         self.output_dropout = LockedDropout(output_dropout)
 
     @classmethod
@@ -240,6 +250,7 @@ class RHNCore(RecurrentCore):
             input_dropout=config.input_dropout,
             state_dropout=config.core.state_dropout,
             output_dropout=config.dropout,
+            weight_drop=config.core.weight_drop,
         )
 
     def transform_gate_biases(self) -> list[torch.Tensor]:
@@ -263,11 +274,12 @@ class RHNCore(RecurrentCore):
         mask = None
         if self.training and self.state_dropout > 0.0:
             mask = keep_mask(s.shape, self.state_dropout, s)  # [B, H], the same at every step
+        recurrent = [(drop_weights(r.weight, self.weight_drop, self.training), r.bias) for r in self.recurrent]
         if gates is not None or not self.fused:
             step_gates = [] if gates is not None else None
-            outputs, s = rhn_reference(projected, s, mask, list(self.recurrent), step_gates)
+            outputs, s = rhn_reference(projected, s, mask, recurrent, step_gates)
             if gates is not None:
                 gates.append(torch.stack(step_gates, 1).view(x.size(0), x.size(1), self.depth, -1))
         else:
-            outputs, s = rhn_scan(projected, s, mask, list(self.recurrent))
+            outputs, s = rhn_scan(projected, s, mask, recurrent)
         return self.output_dropout(outputs), {"s": s}
