@@ -1,6 +1,7 @@
 """The model parts of charlm.nn: the RHN core by hand, dropout variants, and every core x output
 through the same protocol (initial loss, overfitting, exact scoring, a distribution that sums to 1)."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -135,9 +136,9 @@ def _scan_grads(scan, projected, s0, mask, layers):
 @pytest.mark.parametrize("masked", [True, False])
 def test_rhn_fused_scan_matches_the_step_by_step_loop(masked):
     """The one-node scan (hand-written backward) against autograd through the plain loop, float32:
-    the same operations in the same order, so the same forward pass up to the last bit or so (the
-    matrix product may round differently by the alignment of its operands: the scan reads its state
-    from one preallocated buffer, seen on an AMD EPYC) and the same gradients up to rounding."""
+    the same operations in the same order, so the same forward pass up to the last bit or so (seen
+    on an AMD EPYC without a mask: the matrix product probably rounds by the alignment of its
+    operands, and the scan reads its state from one preallocated buffer) and the same gradients up to rounding."""
     inputs = _scan_inputs(torch.float32, masked=masked)
     out_ref, last_ref, grads_ref = _scan_grads(rhn_reference, *inputs)
     out, last, grads = _scan_grads(rhn_scan, *inputs)
@@ -214,6 +215,18 @@ def test_rhn_weight_drop_masks_the_recurrent_weights_in_training_only():
     torch.testing.assert_close(y_fused, y_loop)
     for p_fused, p_loop in zip(fused.parameters(), loop.parameters()):
         torch.testing.assert_close(p_fused.grad, p_loop.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_rhn_weight_drop_reaches_the_core_from_the_config_and_is_checked():
+    from charlm.config import load_config
+
+    config = load_config("tiny", ["model.core=rhn", "model.core.weight_drop=0.4"]).model
+    model = CharLM(
+        dataclasses.replace(config, vocab_size=12, char_vocab_size=9, max_word_length=5), random_spellings(12, 5, 9)
+    )
+    assert model.core.weight_drop == 0.4
+    with pytest.raises(CharlmError, match="model.core.weight_drop"):
+        load_config("tiny", ["model.core=rhn", "model.core.weight_drop=1.5"])
 
 
 def test_locked_dropout_uses_one_mask_across_time():
